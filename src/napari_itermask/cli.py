@@ -1,0 +1,304 @@
+"""The ``itermask`` command line (contract: architecture.md).
+
+Every failure a user can cause ends with one readable line on stderr and a non-zero exit code,
+never a traceback, and never a partial output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError, ItermaskError, OutputError
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def _out_name(inp: Path) -> str:
+    name = inp.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"{name}_lesions.nii.gz"
+
+
+def _load_model(spec: str, device: str, quiet: bool = False):
+    from .models import load_bundle
+    from .pipeline import pick_device
+
+    dev = pick_device(device)
+    bundle = load_bundle(spec, device=dev)
+    if not bundle.card.trained:
+        print(
+            f"WARNING: model {bundle.name!r} is UNTRAINED (a placeholder); its segmentations "
+            "mean nothing. Train one (see training/README.md) or pass --model PATH.",
+            file=sys.stderr,
+        )
+    if dev.type == "cpu" and not quiet:
+        print("note: running on CPU; a GPU is much faster (--device cuda|mps)", file=sys.stderr)
+    return bundle
+
+
+def cmd_segment(args) -> int:
+    from .export import check_target, sidecar_path, write_labels
+    from .pipeline import segment_scan
+    from .volume import load_brain_mask, load_scan
+
+    inputs = [Path(p) for p in args.inputs]
+    out = Path(args.output)
+    if len(inputs) > 1:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out} is not a folder; with several inputs -o must name a folder")
+        if args.brain_mask:
+            raise InputError("--brain-mask applies to a single input only")
+        targets = [out / _out_name(p) for p in inputs]
+        if len(set(targets)) != len(targets):
+            raise InputError("two inputs share a file name; their outputs would collide")
+        if not out.exists():
+            parent = out.parent if str(out.parent) else Path(".")
+            if not parent.is_dir():
+                raise OutputError(f"output folder {parent} does not exist")
+    else:
+        if out.is_dir():
+            raise OutputError(f"{out} is a folder; with one input -o names the label file")
+        targets = [out]
+    # validate everything before any work: inputs readable, targets writable
+    for p in inputs:
+        if not p.is_file():
+            raise InputError(f"input {p} does not exist" if not p.exists() else f"{p} is not a file")
+    if len(inputs) > 1:
+        out.mkdir(exist_ok=True)
+    for t in targets:
+        check_target(t, args.overwrite)
+
+    from .pipeline import pick_device
+
+    pick_device(args.device)  # fail early on a device that is not there
+    bundle = None
+    for inp, target in zip(inputs, targets):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scan = load_scan(inp)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        mask = load_brain_mask(args.brain_mask, scan) if args.brain_mask else None
+        if bundle is None:  # after the first scan is known to be usable
+            bundle = _load_model(args.model, args.device, args.quiet)
+
+        def progress(state, _name=inp.name):
+            if not args.quiet:
+                active = int(state.active.sum())
+                print(f"\r{_name}: iteration {state.iteration}, {active} slices still shrinking ",
+                      end="", file=sys.stderr, flush=True)
+
+        res = segment_scan(scan, bundle, brain_mask=mask, threshold=args.threshold,
+                           min_size=args.min_size, max_iter=args.max_iter, seed=args.seed,
+                           batch_size=args.batch_size, progress=progress)
+        if not args.quiet:
+            print(file=sys.stderr)
+        prov = res.provenance
+        written = write_labels(target, res.labels, scan.affine, scan.header, prov, args.overwrite)
+        if args.save_error_map:
+            err_path = target.with_name(target.name.replace(".nii", "_error.nii", 1))
+            if err_path.exists() and not args.overwrite:
+                raise OutputError(f"{err_path} exists; pass --overwrite to replace it")
+            _save_float_atomic(err_path, res.error, scan)
+            written.append(err_path)
+        capped = prov["slices_capped"]
+        msg = (f"{inp.name}: {prov['lesion_count']} lesion(s), {prov['lesion_volume_ml']:.2f} mL "
+               f"-> {target}")
+        if capped:
+            msg += f" ({len(capped)} slice(s) hit the iteration cap of {prov['max_iter']})"
+        print(msg)
+        if args.verbose:
+            print(f"  sidecar: {sidecar_path(target)}")
+    return 0
+
+
+def _save_float_atomic(path: Path, data, scan) -> None:
+    import os
+    import tempfile
+
+    import nibabel as nib
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".itermask-", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        img = nib.Nifti1Image(np.asarray(data, np.float32), scan.affine)
+        img.set_sform(scan.affine, 1)
+        img.set_qform(scan.affine, 1)
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def cmd_models(args) -> int:
+    from .models import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        print("no models found")
+        return 0
+    for m in models:
+        if "error" in m:
+            print(f"{m['name']:<10} [{m['source']}] unusable: {m['error']}")
+            continue
+        state = "trained" if m.get("trained") else "UNTRAINED placeholder"
+        print(f"{m['name']:<10} [{m['source']}] {m['modality']}, preset {m['preset']}, {state}; "
+              f"tau={m['tau']:.4g}, threshold={m['threshold']:.4g} "
+              f"({m['threshold_derivation'].get('method')})")
+        print(f"{'':<10} {m['path']}")
+        print(f"{'':<10} sha256 {m['weights_sha256'][:16]}…  {m['intended_use']}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import synth
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    case = synth.make_case(args.modality, args.seed, n_lesions=1 if args.one else (1, 3),
+                           voxel_size=args.voxel_size)
+    stem = f"sample{args.seed}"
+    targets = [out / f"{stem}_{args.modality}.nii.gz", out / f"{stem}_{args.modality}_label.nii.gz"]
+    for t in targets:
+        if t.exists() and not args.overwrite:
+            raise OutputError(f"{t} exists; pass --overwrite to replace it")
+    img, lab = synth.write_case(case, out, stem)
+    print(f"image: {img}\nlabel: {lab}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .core.metrics import dice, precision, sensitivity
+    from .volume import _read_nifti
+
+    def pairs():
+        p, g = Path(args.pred), Path(args.gt)
+        if p.is_dir() and g.is_dir():
+            for pf in sorted(p.glob("*.nii*")):
+                gf = g / pf.name
+                if not gf.exists():
+                    raise InputError(f"no ground truth named {pf.name} in {g}")
+                yield pf, gf
+        elif p.is_dir() or g.is_dir():
+            raise InputError("--pred and --gt must both be files or both be folders")
+        else:
+            yield p, g
+
+    rows = []
+    for pf, gf in pairs():
+        pi, pr = _read_nifti(pf, "prediction")
+        gi, gr = _read_nifti(gf, "ground truth")
+        if pr.shape != gr.shape:
+            raise InputError(f"{pf.name}: shape {pr.shape} differs from ground truth {gr.shape}")
+        pm, gm = (pr > 0), (gr > 0)
+        rows.append((pf.name, dice(pm, gm), sensitivity(pm, gm), precision(pm, gm)))
+    if not rows:
+        raise InputError("no prediction files found")
+    import numpy as np
+
+    print(f"{'case':<40} {'dice':>6} {'sens':>6} {'prec':>6}")
+    for name, d, s, p in rows:
+        print(f"{name:<40} {d:6.3f} {s:6.3f} {p:6.3f}")
+    arr = np.array([r[1:] for r in rows], float)
+    means = np.nanmean(arr, axis=0)
+    print(f"{'mean (' + str(len(rows)) + ' cases)':<40} {means[0]:6.3f} {means[1]:6.3f} {means[2]:6.3f}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(headless=args.headless, modality=args.modality, seed=args.seed,
+                    model=args.model, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="itermask",
+        description="IterMask² unsupervised brain-lesion segmentation (Liang et al., MICCAI 2024).",
+    )
+    p.add_argument("--version", action="version", version=f"napari-itermask {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("segment", help="segment lesions in one or more NIfTI scans")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="skull-stripped NIfTI scan(s)")
+    s.add_argument("-o", "--output", required=True,
+                   help="label file for one input; a folder for several")
+    s.add_argument("--model", default="flair", help="bundled/user model name or folder (flair)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--brain-mask", metavar="FILE", help="brain mask NIfTI on the scan's grid")
+    s.add_argument("--threshold", type=float, help="segmentation threshold (default: the card's)")
+    s.add_argument("--max-iter", type=int, help="iteration cap (default: the card's)")
+    s.add_argument("--min-size", type=int, default=0, help="drop lesions under N voxels")
+    s.add_argument("--seed", type=int, default=0, help="noise seed (results are deterministic)")
+    s.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    s.add_argument("--save-error-map", action="store_true", help="also write the error map")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    s.add_argument("-v", "--verbose", action="store_true")
+    s.set_defaults(func=cmd_segment)
+
+    m = sub.add_parser("models", help="list bundled and user models with their cards")
+    m.add_argument("--json", action="store_true", help="print the cards as JSON")
+    m.set_defaults(func=cmd_models)
+
+    sa = sub.add_parser("sample", help="write a synthetic scan with a lesion and its ground truth")
+    sa.add_argument("--modality", default="flair", choices=["flair", "t1", "t2"])
+    sa.add_argument("-o", "--output", required=True, help="folder to write into")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--voxel-size", type=float, default=1.5, help="isotropic voxel size (mm)")
+    sa.add_argument("--one", action="store_true", help="exactly one lesion")
+    sa.add_argument("--overwrite", action="store_true")
+    sa.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("evaluate", help="Dice, sensitivity, precision of predictions vs truth")
+    e.add_argument("--pred", required=True, help="prediction file or folder")
+    e.add_argument("--gt", required=True, help="ground-truth file or folder (same file names)")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="open napari with a sample and the widget")
+    d.add_argument("--headless", action="store_true",
+                   help="no window: segment a sample and print Dice against its ground truth")
+    d.add_argument("--modality", default="flair", choices=["flair", "t1", "t2"])
+    d.add_argument("--seed", type=int, default=12345)
+    d.add_argument("--model", default=None, help="model (default: the modality's bundled one)")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ItermaskError as exc:
+        print(f"itermask: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("itermask: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("itermask: error: out of memory (try --batch-size 4)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The IterMask² core: torch and numpy only. Nothing here imports Qt or napari."""

@@ -1,0 +1,310 @@
+"""The IterMask² shrink loop (method.md §6) as a generator of per-iteration states.
+
+Per slice, on the model grid (normalised intensities):
+
+- iteration 1: ``x'1 = f1(x_f)``, ``e1 = (x − x'1)² · brain``; the ``first_unmask`` share of the
+  brain with the lowest error is declared normal: ``m2 = brain · (e1 > quantile(e1[brain]))``.
+- iteration t > 1: ``x̂t = mt·ε + (1 − mt)·x`` with fresh noise ε, ``x't = f(x̂t, x_f)``,
+  ``m(t+1) = mt · ((x − x't)² > τ)``: the mask only ever shrinks.
+- a slice stops when its mask shrinks by less than ``stop_shrink`` (relative) or becomes empty;
+  it keeps the reconstruction of its last iteration. ``max_iter`` caps the iterations (the
+  reference has no cap); a slice that hits it is reported as ``CAPPED``.
+
+Slices are processed in batches; converged slices leave the batch. Noise is drawn per slice and
+iteration from ``seed`` (keyed by the slice's id), so results do not depend on the batching.
+Every yielded state holds, for all slices, the current mask, the full-brain error map
+``(x − x')² · brain`` of the latest reconstruction (what the final segmentation thresholds,
+method.md §7), and that reconstruction. Each state owns its arrays (copies, a few MB per
+iteration); ``History`` keeps the masks of all iterations compactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .frequency import high_pass
+
+__all__ = [
+    "EngineConfig",
+    "IterationState",
+    "History",
+    "run",
+    "run_to_end",
+    "slice_noise",
+    "RUNNING",
+    "CONVERGED",
+    "CAPPED",
+    "SKIPPED",
+]
+
+RUNNING, CONVERGED, CAPPED, SKIPPED = 0, 1, 2, 3
+STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", CAPPED: "capped", SKIPPED: "skipped"}
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EngineConfig:
+    tau: float
+    first_unmask: float = 0.4
+    stop_shrink: float = 0.01
+    max_iter: int = 20
+    batch_size: int = 32
+    seed: int = 0
+    min_brain_pixels: int = 1
+    radius: float = 15.0
+    tau_step: float | None = None  # human–AI mode: raise a stalled slice's τ instead of stopping
+
+    def __post_init__(self):
+        if not 0.0 <= self.first_unmask < 1.0:
+            raise ValueError("first_unmask must lie in [0, 1)")
+        if self.max_iter < 1:
+            raise ValueError("max_iter must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if not np.isfinite(self.tau) or self.tau < 0:
+            raise ValueError("tau must be a finite number >= 0")
+
+
+@dataclass
+class IterationState:
+    iteration: int  # 1-based; the masks are those *after* this iteration
+    tau: np.ndarray  # (N,) τ in force per slice
+    masks: np.ndarray  # (N, H, W) bool
+    error: np.ndarray  # (N, H, W) float32, (x − x')² · brain of each slice's latest reconstruction
+    recon: np.ndarray  # (N, H, W) float32
+    status: np.ndarray  # (N,) int8: RUNNING / CONVERGED / CAPPED / SKIPPED
+    iterations: np.ndarray  # (N,) iterations each slice has run
+    updated: np.ndarray  # (N,) bool, slices computed in this iteration
+    forward_passes: int  # slice-forwards so far (one slice through one network = 1)
+
+    @property
+    def active(self) -> np.ndarray:
+        return self.status == RUNNING
+
+    @property
+    def done(self) -> bool:
+        return not bool(self.active.any())
+
+
+def slice_noise(seed: int, slice_id: int, iteration: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Standard normal noise for one slice and iteration, independent of batching."""
+    key = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(slice_id), int(iteration)])
+    g = torch.Generator().manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
+    return torch.randn(shape, generator=g)
+
+
+def _device_of(net) -> torch.device:
+    if isinstance(net, torch.nn.Module):
+        for p in net.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _chunks(idx: np.ndarray, n: int):
+    for i in range(0, len(idx), n):
+        yield idx[i : i + n]
+
+
+def run(
+    slices: np.ndarray,
+    brain: np.ndarray,
+    f1: Net,
+    f: Net,
+    config: EngineConfig,
+    *,
+    slice_ids: Sequence[int] | None = None,
+    resume: IterationState | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[IterationState]:
+    """Run the shrink loop on ``slices`` (N, H, W) float32 with ``brain`` (N, H, W) bool.
+
+    ``f1`` maps (B, 1, H, W) x_f to (B, 1, H, W); ``f`` maps (B, 2, H, W) ``cat(x̂, x_f)`` to
+    (B, 1, H, W). Torch modules are put in eval mode. ``resume`` continues from an earlier
+    state (e.g. with a higher τ): slices whose mask is not empty start running again.
+    Setting ``cancel`` stops the loop between iterations.
+    """
+    x_np = np.ascontiguousarray(slices, dtype=np.float32)
+    b_np = np.asarray(brain, dtype=bool)
+    if x_np.ndim != 3 or b_np.shape != x_np.shape:
+        raise ValueError(f"slices {x_np.shape} and brain {b_np.shape} must both be (N, H, W)")
+    n, h, w = x_np.shape
+    ids = np.arange(n) if slice_ids is None else np.asarray(slice_ids)
+    if len(ids) != n:
+        raise ValueError("slice_ids must have one id per slice")
+    for net in (f1, f):
+        if isinstance(net, torch.nn.Module):
+            net.eval()
+    device = _device_of(f)
+    cfg = config
+
+    if resume is None:
+        masks = b_np.copy()
+        recon = x_np.copy()
+        error = np.zeros_like(x_np)
+        tau = np.full(n, cfg.tau, dtype=np.float64)
+        iters = np.zeros(n, dtype=np.int32)
+        status = np.full(n, RUNNING, dtype=np.int8)
+        status[b_np.reshape(n, -1).sum(1) < max(1, cfg.min_brain_pixels)] = SKIPPED
+        masks[status == SKIPPED] = False
+        t0 = 0
+    else:
+        masks = resume.masks.copy()
+        recon = resume.recon.copy()
+        error = resume.error.copy()
+        tau = np.maximum(resume.tau, cfg.tau)
+        iters = resume.iterations.copy()
+        status = resume.status.copy()
+        alive = (status != SKIPPED) & masks.reshape(n, -1).any(1)
+        status[alive] = RUNNING
+        t0 = resume.iteration
+    passes = 0 if resume is None else resume.forward_passes
+
+    xf_cache: dict[int, torch.Tensor] = {}
+
+    def xf_of(idx: np.ndarray) -> torch.Tensor:
+        missing = [i for i in idx if i not in xf_cache]
+        if missing:
+            xm = torch.from_numpy(x_np[missing]).to(device)
+            for i, xf in zip(missing, high_pass(xm, cfg.radius)):
+                xf_cache[i] = xf
+        return torch.stack([xf_cache[i] for i in idx])[:, None]
+
+    t = t0
+    with torch.inference_mode():
+        while (status == RUNNING).any():
+            if cancel is not None and cancel.is_set():
+                return
+            t += 1
+            updated = status == RUNNING
+            active = np.nonzero(updated)[0]
+            for idx in _chunks(active, cfg.batch_size):
+                x = torch.from_numpy(x_np[idx]).to(device)[:, None]
+                br = torch.from_numpy(b_np[idx]).to(device)[:, None]
+                xf = xf_of(idx)
+                if t == 1 and resume is None:
+                    out = f1(xf)
+                else:
+                    m = torch.from_numpy(masks[idx]).to(device)[:, None]
+                    eps = torch.stack(
+                        [slice_noise(cfg.seed, ids[i], t, (h, w)) for i in idx]
+                    ).to(device)[:, None]
+                    x_hat = torch.where(m, eps, x)
+                    out = f(torch.cat([x_hat, xf], dim=1))
+                passes += len(idx)
+                out = out.float()
+                e = ((x - out) ** 2) * br
+                recon[idx] = out[:, 0].cpu().numpy()
+                error[idx] = e[:, 0].cpu().numpy()
+            iters[active] += 1
+            for i in active:
+                old = masks[i]
+                n_old = int(old.sum())
+                if t == 1 and resume is None:
+                    vals = error[i][b_np[i]]
+                    cut = np.quantile(vals, cfg.first_unmask) if cfg.first_unmask > 0 else -1.0
+                    new = b_np[i] & (error[i] > cut)
+                    masks[i] = new
+                    if not new.any():
+                        status[i] = CONVERGED
+                    continue
+                new = old & (error[i] > tau[i])
+                masks[i] = new
+                n_new = int(new.sum())
+                if n_new == 0:
+                    status[i] = CONVERGED
+                elif (n_old - n_new) < cfg.stop_shrink * n_old:
+                    if cfg.tau_step:
+                        tau[i] += cfg.tau_step
+                    else:
+                        status[i] = CONVERGED
+            status[(status == RUNNING) & (iters >= cfg.max_iter)] = CAPPED
+            yield IterationState(
+                iteration=t,
+                tau=tau.copy(),
+                masks=masks.copy(),
+                error=error.copy(),
+                recon=recon.copy(),
+                status=status.copy(),
+                iterations=iters.copy(),
+                updated=updated,
+                forward_passes=passes,
+            )
+
+
+@dataclass
+class History:
+    """Compact record of a run on the model grid: one bit-packed mask per iteration.
+
+    ``masks(0)`` is the initial mask (the brain); ``masks(k)`` the mask after iteration k.
+    The final error map and reconstruction are kept once, as float32.
+    """
+
+    shape: tuple[int, int, int]
+    packed: list[np.ndarray] = field(default_factory=list)
+    taus: list[np.ndarray] = field(default_factory=list)
+    volumes: list[int] = field(default_factory=list)  # masked pixels per step (model grid)
+    last: IterationState | None = None
+
+    @classmethod
+    def start(cls, brain: np.ndarray, tau: float) -> "History":
+        hist = cls(shape=tuple(brain.shape))
+        hist._push(np.asarray(brain, dtype=bool), np.full(brain.shape[0], tau))
+        return hist
+
+    def _push(self, masks: np.ndarray, tau: np.ndarray) -> None:
+        self.packed.append(np.packbits(masks, axis=-1))
+        self.taus.append(np.asarray(tau, dtype=np.float64).copy())
+        self.volumes.append(int(masks.sum()))
+
+    def record(self, state: IterationState) -> None:
+        self._push(state.masks, state.tau)
+        self.last = state
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def masks(self, k: int) -> np.ndarray:
+        return np.unpackbits(self.packed[k], axis=-1, count=self.shape[-1]).astype(bool)
+
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.packed)
+
+
+def run_to_end(
+    slices: np.ndarray,
+    brain: np.ndarray,
+    f1: Net,
+    f: Net,
+    config: EngineConfig,
+    *,
+    slice_ids: Sequence[int] | None = None,
+    keep_history: bool = False,
+) -> tuple[IterationState, History | None]:
+    """Run the loop to convergence; returns the final state (and the history if asked)."""
+    hist = History.start(np.asarray(brain, bool), config.tau) if keep_history else None
+    last = None
+    for state in run(slices, brain, f1, f, config, slice_ids=slice_ids):
+        if hist is not None:
+            hist.record(state)
+        last = state
+    if last is None:  # nothing to do: every slice was skipped
+        n = len(slices)
+        status = np.full(n, SKIPPED, dtype=np.int8)
+        last = IterationState(
+            iteration=0,
+            tau=np.full(n, config.tau),
+            masks=np.zeros(np.shape(slices), dtype=bool),
+            error=np.zeros(np.shape(slices), dtype=np.float32),
+            recon=np.asarray(slices, dtype=np.float32).copy(),
+            status=status,
+            iterations=np.zeros(n, dtype=np.int32),
+            updated=np.zeros(n, dtype=bool),
+            forward_passes=0,
+        )
+    return last, hist

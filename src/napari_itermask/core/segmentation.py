@@ -1,0 +1,45 @@
+"""Final segmentation from the last reconstruction's error (method.md §7).
+
+The segmentation is not the final mask: it is the error map ``E = (x − x'_T)² · brain`` of each
+slice's last reconstruction, thresholded. The threshold comes from healthy validation data
+(calibration.py) and is stored in the model card; users may move it. Small connected components
+can be removed (``min_size`` in voxels of the grid the map lives on).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["error_map", "segment", "remove_small", "lesion_stats"]
+
+
+def error_map(x: np.ndarray, recon: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Squared reconstruction error inside the brain, zero outside."""
+    return ((np.asarray(x, np.float32) - recon) ** 2) * np.asarray(brain, bool)
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop connected components (26-/8-connected) with fewer than ``min_size`` voxels."""
+    labels = np.asarray(labels, bool)
+    if min_size <= 1 or not labels.any():
+        return labels
+    comp, n = ndimage.label(labels, structure=np.ones((3,) * labels.ndim))
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[comp]
+
+
+def segment(error: np.ndarray, threshold: float, min_size: int = 0) -> np.ndarray:
+    """Boolean lesion map: error above ``threshold``, minus components under ``min_size``."""
+    return remove_small(np.asarray(error) > threshold, min_size)
+
+
+def lesion_stats(labels: np.ndarray, voxel_volume_mm3: float) -> tuple[int, float]:
+    """Number of connected lesions and their total volume in mL."""
+    labels = np.asarray(labels, bool)
+    if not labels.any():
+        return 0, 0.0
+    _, n = ndimage.label(labels, structure=np.ones((3,) * labels.ndim))
+    return int(n), float(labels.sum()) * voxel_volume_mm3 / 1000.0

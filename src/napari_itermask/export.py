@@ -1,0 +1,132 @@
+"""Writing results: label maps as NIfTI on the scan's own grid, plus a JSON provenance sidecar.
+
+Writes are atomic (a temporary file in the target folder, then a rename), so a failure never
+leaves a partial file, and nothing is overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .errors import OutputError
+
+__all__ = ["sidecar_path", "labels_image", "write_labels", "check_target", "atomic_write_bytes"]
+
+
+def sidecar_path(path) -> Path:
+    """``out.nii.gz`` → ``out.json``; ``out.nii`` → ``out.json``."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return path.with_name(name[: -len(suffix)] + ".json")
+    return path.with_name(name + ".json")
+
+
+def check_target(path, overwrite: bool = False) -> Path:
+    """Raise OutputError unless ``path`` (a NIfTI name) can be written."""
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise OutputError(f"output {path.name} must end in .nii.gz or .nii")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output folder {parent} is not writable")
+    _tmp_in(parent, ".probe").unlink()  # a real write: permissions can lie (root, read-only fs)
+    if path.is_dir():
+        raise OutputError(f"output {path} is a folder")
+    for p in (path, sidecar_path(path)):
+        if p.exists() and not overwrite:
+            raise OutputError(f"{p} exists; pass --overwrite (or choose another name) to replace it")
+    return path
+
+
+def labels_image(labels: np.ndarray, affine: np.ndarray, header=None) -> nib.Nifti1Image:
+    """uint8 label image with the source's affine, and its qform/sform codes where known."""
+    labels = np.asarray(labels)
+    hdr = None
+    if header is not None:
+        try:
+            hdr = nib.Nifti1Header.from_header(header)
+        except Exception:  # a header of another kind: keep the affine only
+            hdr = None
+    img = nib.Nifti1Image(labels.astype(np.uint8), np.asarray(affine, np.float64), header=hdr)
+    img.set_data_dtype(np.uint8)
+    img.header["scl_slope"] = 1.0
+    img.header["scl_inter"] = 0.0
+    img.header["cal_min"] = 0
+    img.header["cal_max"] = max(1, int(labels.max(initial=0)))
+    if header is not None and hdr is not None:
+        sform, scode = header.get_sform(coded=True)
+        qform, qcode = header.get_qform(coded=True)
+        img.set_sform(affine, int(scode) if sform is not None else 1)
+        img.set_qform(affine, int(qcode) if qform is not None else 1)
+    else:
+        img.set_sform(affine, 1)
+        img.set_qform(affine, 1)
+    return img
+
+
+def _tmp_in(folder: Path, suffix: str) -> Path:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".itermask-", suffix=suffix)
+    except OSError as exc:
+        raise OutputError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = _tmp_in(path.parent, ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_labels(path, labels, affine, header=None, sidecar: dict | None = None,
+                 overwrite: bool = False) -> list[Path]:
+    """Write labels (and the sidecar) atomically; both appear or neither does."""
+    path = check_target(path, overwrite)
+    folder = path.parent if str(path.parent) else Path(".")
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    tmp_img = _tmp_in(folder, suffix)
+    tmp_json = None
+    written: list[Path] = []
+    try:
+        tmp_json = _tmp_in(folder, ".json") if sidecar is not None else None
+        nib.save(labels_image(labels, affine, header), str(tmp_img))
+        if tmp_json is not None:
+            tmp_json.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
+        os.replace(tmp_img, path)
+        written.append(path)
+        if tmp_json is not None:
+            os.replace(tmp_json, sidecar_path(path))
+            written.append(sidecar_path(path))
+    except OSError as exc:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp_img.unlink(missing_ok=True)
+        if tmp_json is not None:
+            tmp_json.unlink(missing_ok=True)
+    return written
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,228 @@
+"""The shrink loop with fake networks whose errors are known exactly."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_itermask.core.engine import (
+    CAPPED,
+    CONVERGED,
+    SKIPPED,
+    EngineConfig,
+    History,
+    run,
+    run_to_end,
+)
+from conftest import perturbed_bundle
+
+G = 32
+
+
+def square_brain(n=1, side=20):
+    b = np.zeros((n, G, G), bool)
+    o = (G - side) // 2
+    b[:, o : o + side, o : o + side] = True
+    return b
+
+
+class RampFirst(torch.nn.Module):
+    """f1 whose error is a known ramp: pixel k (raster order) in the brain has error ~ k."""
+
+    def __init__(self, x, brain):
+        super().__init__()
+        self.x = torch.from_numpy(x)
+        ramp = np.zeros_like(x)
+        for i in range(len(x)):
+            ramp[i][brain[i]] = np.sqrt(np.arange(1, brain[i].sum() + 1, dtype=np.float32))
+        self.out = torch.from_numpy(x - ramp)
+
+    def forward(self, xf):
+        assert xf.shape[1] == 1
+        # identify slices by their x_f (tests use distinct slices)
+        idx = [int(torch.argmin(((self._xf - v) ** 2).sum((1, 2)))) for v in xf[:, 0]]
+        return self.out[idx][:, None]
+
+    def bind(self, radius=15.0):
+        from napari_itermask.core.frequency import high_pass
+
+        self._xf = high_pass(self.x, radius)
+        return self
+
+
+class ScheduledMasked(torch.nn.Module):
+    """f that declares exactly ``schedule[t]`` masked pixels normal at its t-th call (1 slice)."""
+
+    def __init__(self, x, schedule):
+        super().__init__()
+        self.x = torch.from_numpy(x[0])
+        self.schedule = list(schedule)
+        self.calls = 0
+
+    def forward(self, inp):
+        x_hat = inp[0, 0]
+        masked = (x_hat != self.x).flatten()
+        n_ok = self.schedule[min(self.calls, len(self.schedule) - 1)]
+        self.calls += 1
+        err = torch.full_like(self.x.flatten(), 10.0) * masked
+        order = torch.nonzero(masked)[:, 0]
+        err[order[:n_ok]] = 0.0
+        return (self.x.flatten() + err).reshape(1, 1, G, G)
+
+
+def make_slices(n=1, seed=0):
+    rng = np.random.default_rng(seed)
+    brain = square_brain(n)
+    x = np.where(brain, 1.0 + 0.1 * rng.standard_normal((n, G, G)), -3.0).astype(np.float32)
+    return x, brain
+
+
+def test_first_step_unmasks_the_lowest_error_share():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    f = ScheduledMasked(x, [0])
+    st = next(run(x, brain, f1, f, EngineConfig(tau=1.0, first_unmask=0.4)))
+    n = brain.sum()
+    assert st.iteration == 1 and st.forward_passes == 1
+    assert st.masks.sum() == n - int(round(0.4 * n))  # top 60 % of errors stay masked
+    assert not (st.masks & ~brain).any()
+
+
+def test_one_percent_stop_rule():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    # after step 1: 240 masked pixels; shrink 24 (10 %), 12 (~5.6 %), 4 (~2 %), 1 (~0.5 %)
+    f = ScheduledMasked(x, [24, 12, 4, 1])
+    states = list(run(x, brain, f1, f, EngineConfig(tau=1.0, max_iter=50)))
+    sizes = [int(s.masks.sum()) for s in states]
+    assert sizes == [240, 216, 204, 200, 199]
+    last = states[-1]
+    assert last.status[0] == CONVERGED and last.iterations[0] == 5
+    assert all(b <= a for a, b in zip(sizes, sizes[1:]))
+
+
+def test_iteration_cap_is_reported():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    f = ScheduledMasked(x, [20])
+    last, _ = run_to_end(x, brain, f1, f, EngineConfig(tau=1.0, max_iter=3))
+    assert last.status[0] == CAPPED and last.iterations[0] == 3
+
+
+def test_empty_mask_counts_as_converged_and_recon_is_kept():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    f = ScheduledMasked(x, [10_000])  # everything declared normal at once
+    states = list(run(x, brain, f1, f, EngineConfig(tau=1.0)))
+    assert len(states) == 2 and states[-1].status[0] == CONVERGED
+    assert states[-1].masks.sum() == 0
+    assert np.allclose(states[-1].recon[0], x[0])  # last reconstruction is the perfect one
+    assert states[-1].error.max() == 0
+
+
+def test_small_brains_are_skipped():
+    x, brain = make_slices(2)
+    brain[1] = False
+    brain[1, 10:13, 10:13] = True
+    bundle = perturbed_bundle()
+    last, _ = run_to_end(x, brain, bundle.first, bundle.masked,
+                         EngineConfig(tau=0.5, min_brain_pixels=20))
+    assert last.status[1] == SKIPPED and last.iterations[1] == 0
+    assert last.error[1].max() == 0 and not last.masks[1].any()
+    assert last.iterations[0] >= 1
+
+
+def _random_volume(n=5, seed=3):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:G, :G]
+    brain = np.stack([((yy - 16) / (9 + i)) ** 2 + ((xx - 16) / (12 - i)) ** 2 < 1
+                      for i in range(n)])
+    x = np.where(brain, rng.normal(1, 0.8, (n, G, G)), -3).astype(np.float32)
+    return x, brain
+
+
+def test_mask_never_grows_and_history_is_compact():
+    x, brain = _random_volume()
+    b = perturbed_bundle()
+    hist = History.start(brain, 0.3)
+    for st in run(x, brain, b.first, b.masked, EngineConfig(tau=0.3, max_iter=8)):
+        hist.record(st)
+    assert len(hist) >= 3
+    for k in range(1, len(hist)):
+        assert not (hist.masks(k) & ~hist.masks(k - 1)).any()
+    assert np.array_equal(hist.masks(0), brain)
+    assert hist.nbytes() <= len(hist) * brain.size / 8 + 64 * len(hist)
+
+
+def test_batched_equals_slice_by_slice_and_seed_determinism():
+    x, brain = _random_volume()
+    b = perturbed_bundle()
+
+    def masks_of(bs, seed):
+        cfg = EngineConfig(tau=0.3, max_iter=6, batch_size=bs, seed=seed)
+        return [(s.masks.copy(), s.error.copy()) for s in run(x, brain, b.first, b.masked, cfg)]
+
+    a, c = masks_of(5, 0), masks_of(1, 0)
+    assert len(a) == len(c)
+    for (ma, ea), (mc, ec) in zip(a, c):
+        assert np.array_equal(ma, mc)
+        assert np.allclose(ea, ec, atol=1e-5)
+    again = masks_of(2, 0)
+    assert all(np.array_equal(p[0], q[0]) for p, q in zip(a, again))
+    other = masks_of(5, 1)
+    assert any(not np.array_equal(p[0], q[0]) for p, q in zip(a[1:], other[1:]))
+
+
+def test_converged_slices_leave_the_batch():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    f = ScheduledMasked(x, [24, 12, 4, 1])
+    passes = [s.forward_passes for s in run(x, brain, f1, f, EngineConfig(tau=1.0))]
+    assert passes == [1, 2, 3, 4, 5]
+    x2, brain2 = _random_volume()
+    b = perturbed_bundle()
+    states = list(run(x2, brain2, b.first, b.masked, EngineConfig(tau=0.3, max_iter=10)))
+    for prev, cur in zip(states, states[1:]):
+        assert cur.forward_passes - prev.forward_passes == int(prev.active.sum())
+
+
+def test_cancel_stops_between_iterations():
+    x, brain = _random_volume()
+    b = perturbed_bundle()
+    ev = threading.Event()
+    seen = []
+    for st in run(x, brain, b.first, b.masked, EngineConfig(tau=0.0, max_iter=10), cancel=ev):
+        seen.append(st.iteration)
+        if st.iteration == 2:
+            ev.set()
+    assert seen == [1, 2]
+
+
+def test_resume_with_higher_tau_extends_and_shrinks():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    f = ScheduledMasked(x, [24, 12, 4, 1, 30])
+    last, _ = run_to_end(x, brain, f1, f, EngineConfig(tau=1.0))
+    assert last.status[0] == CONVERGED
+    more = list(run(x, brain, f1, f, EngineConfig(tau=5.0), resume=last))
+    assert more[0].iteration == last.iteration + 1 and more[0].tau[0] == 5.0
+    assert more[0].masks.sum() == last.masks.sum() - 30
+
+
+def test_human_ai_rising_tau_keeps_going_when_stalled():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    f = ScheduledMasked(x, [24, 0, 0])
+    states = list(run(x, brain, f1, f, EngineConfig(tau=1.0, tau_step=0.5, max_iter=5)))
+    assert [round(float(s.tau[0]), 2) for s in states] == [1.0, 1.0, 1.5, 2.0, 2.5]
+    assert states[-1].status[0] == CAPPED
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        EngineConfig(tau=float("nan"))
+    with pytest.raises(ValueError):
+        EngineConfig(tau=1.0, first_unmask=1.0)
+    with pytest.raises(ValueError):
+        EngineConfig(tau=1.0, max_iter=0)

@@ -1,0 +1,137 @@
+"""Build a model bundle from a training run and calibrate it on healthy validation data only.
+
+- τ (method.md §5): random training masks (the paper's sampler) on healthy validation slices,
+  reconstructed by the masked network; τ = the ``--tau-percentile`` (80) of the squared error
+  inside the masks.
+- segmentation threshold (method.md §7): the full shrink loop runs on the healthy validation
+  slices; the threshold is the error level exceeded by ``--fpr`` (0.1 %) of healthy brain pixels
+  of the final error maps (model grid) — a chosen false-positive rate, fixed before any lesion
+  is seen. No lesion label is read here.
+
+Example:
+  python -m training.calibrate --run runs/flair --val data/flair_val.npz --name flair \\
+      --modality flair -o src/napari_itermask/models/bundled/flair
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
+from napari_itermask.core.engine import EngineConfig, run_to_end
+from napari_itermask.core.frequency import high_pass
+from napari_itermask.core.masks import MaskSampler
+from napari_itermask.models import ModelBundle, new_card, save_bundle
+
+from .common import SliceSet, log
+from .train import load_checkpoint
+
+
+def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = None,
+                    half: bool = False) -> ModelBundle:
+    states, extras = {}, {}
+    for net in ("first", "masked"):
+        ck = load_checkpoint(run / f"{net}.ckpt")
+        states[net] = ck["model"]
+        extras[net] = {**json.loads(ck["extra"]), "steps": int(ck["step"])}
+    preset = preset or extras["masked"]["preset"]
+    meta = extras["masked"]["train"]
+    card = new_card(name, modality, preset)
+    card.normalisation = meta.get("normalisation", card.normalisation)
+    card.grid_size = int(meta.get("grid", card.grid_size))
+    card.pixel_size_mm = float(meta.get("pixel_size_mm", card.pixel_size_mm))
+    card.min_brain_pixels = int(meta.get("min_brain_pixels", card.min_brain_pixels))
+    card.frequency_radius = float(extras["masked"]["radius"])
+    card.trained = True
+    card.training = {
+        "data": meta,
+        "first": {k: v for k, v in extras["first"].items() if k != "train"},
+        "masked": {k: v for k, v in extras["masked"].items() if k != "train"},
+        "weights_dtype": "float16" if half else "float32",
+    }
+    bundle = ModelBundle.fresh(card)
+    bundle.first.load_state_dict(states["first"])
+    bundle.masked.load_state_dict(states["masked"])
+    if half:  # stored as float16 to keep the package small; round-trip back to float32 weights
+        for netm in (bundle.first, bundle.masked):
+            for p in netm.parameters():
+                p.data = p.data.half().float()
+    return bundle.to("cpu")
+
+
+def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: int = 0,
+                  n_masks: int = 2, batch: int = 32) -> float:
+    rng = np.random.default_rng(seed)
+    sampler = MaskSampler(size=val.x.shape[-1])  # the paper's masks (§5)
+    errs, masks = [], []
+    with torch.inference_mode():
+        for _ in range(n_masks):
+            for i in range(0, len(val), batch):
+                x = torch.from_numpy(val.x[i:i + batch])[:, None]
+                m = torch.from_numpy(sampler.sample_batch(val.brain[i:i + batch], rng))[:, None]
+                eps = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
+                xf = high_pass(x, bundle.card.frequency_radius)
+                out = bundle.masked(torch.cat([torch.where(m, eps, x), xf], 1))
+                errs.append(((x - out) ** 2).numpy())
+                masks.append(m.numpy())
+    return tau_from_masked_errors(errs, masks, percentile)
+
+
+def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: int = 0):
+    card = bundle.card
+    cfg = EngineConfig(tau=card.tau, first_unmask=card.first_unmask, stop_shrink=card.stop_shrink,
+                       max_iter=card.max_iter, seed=seed, min_brain_pixels=card.min_brain_pixels,
+                       radius=card.frequency_radius)
+    state, _ = run_to_end(val.x, val.brain, bundle.first, bundle.masked, cfg)
+    thr = threshold_from_healthy(state.error, val.brain, fpr)
+    return thr, state
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="training run folder (first.ckpt, masked.ckpt)")
+    p.add_argument("--val", required=True, help="healthy validation slices (.npz)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--modality", required=True)
+    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    p.add_argument("--tau-percentile", type=float, default=80.0)
+    p.add_argument("--fpr", type=float, default=0.001, help="healthy-pixel false-positive rate")
+    p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    val = SliceSet.load(args.val)
+    if val.label is not None and val.label.any():
+        raise SystemExit("calibration takes healthy validation data only; this set has lesions")
+    bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half)
+    bundle.card.tau = calibrate_tau(bundle, val, args.tau_percentile, args.seed)
+    bundle.card.tau_derivation = {
+        "method": "percentile of squared error inside random training masks (masked net)",
+        "percentile": args.tau_percentile, "data": val.meta, "slices": len(val)}
+    log(f"tau = {bundle.card.tau:.5g} ({args.tau_percentile}th percentile)")
+    thr, state = calibrate_threshold(bundle, val, args.fpr, args.seed)
+    bundle.card.threshold = thr
+    bundle.card.threshold_derivation = {
+        "method": "healthy false-positive rate of final error maps (full loop, model grid)",
+        "false_positive_rate": args.fpr, "data": val.meta, "slices": len(val),
+        "mean_iterations": float(state.iterations.mean())}
+    log(f"threshold = {thr:.5g} (healthy FPR {args.fpr}); mean iterations "
+        f"{state.iterations.mean():.1f}")
+    save_bundle(bundle, args.output, overwrite=args.overwrite)
+    log(f"wrote bundle {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared helpers of the training scripts: slice datasets on the model grid, seeds and splits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Seed ranges of the synthetic splits. Test seeds are never used for training or calibration.
+SPLIT_SEEDS = {"train": 100_000, "val": 200_000, "test": 900_000}
+
+
+def split_seeds(split: str, n: int) -> list[int]:
+    return [SPLIT_SEEDS[split] + i for i in range(n)]
+
+
+@dataclass
+class SliceSet:
+    """Healthy (or labelled) 2-D slices on the model grid."""
+
+    x: np.ndarray  # (M, G, G) float32, normalised
+    brain: np.ndarray  # (M, G, G) bool
+    meta: dict
+    label: np.ndarray | None = None  # (M, G, G) bool, for lesion sets
+    volume_id: np.ndarray | None = None  # (M,) int: which volume each slice came from
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "x": self.x.astype(np.float16),
+            "brain": np.packbits(self.brain, axis=-1),
+        }
+        if self.label is not None:
+            arrays["label"] = np.packbits(self.label, axis=-1)
+        if self.volume_id is not None:
+            arrays["volume_id"] = self.volume_id.astype(np.int32)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        path.with_suffix(".json").write_text(json.dumps(self.meta, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path) -> "SliceSet":
+        path = Path(path)
+        with np.load(path, allow_pickle=False) as z:
+            x = z["x"].astype(np.float32)
+            g = x.shape[-1]
+            brain = np.unpackbits(z["brain"], axis=-1, count=g).astype(bool)
+            label = (np.unpackbits(z["label"], axis=-1, count=g).astype(bool)
+                     if "label" in z else None)
+            vid = z["volume_id"] if "volume_id" in z else None
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return cls(x, brain, meta, label, vid)
+
+
+def log(msg: str) -> None:
+    import sys
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

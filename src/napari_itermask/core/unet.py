@@ -8,7 +8,7 @@ Presets:
   per level, resampling inside residual blocks, single-head self-attention at 32, 16 and 8 px and
   in the middle, BatchNorm + SiLU, dropout 0.1, zero-initialised output convolution (≈ 5.9 M
   parameters). Meant for a GPU.
-- ``small``: 4 levels of widths 16/32/48/64, one residual block per level, GroupNorm, no
+- ``small``: 4 levels of widths 16/32/48/64, one residual block per level, BatchNorm (faster than GroupNorm on CPUs), no
   attention (≈ 0.9 M parameters); trains in tens of minutes on a 2-core CPU.
 - ``tiny``: for tests only.
 
@@ -64,7 +64,7 @@ PRESETS: dict[str, UNetConfig] = {
         norm="batch",
         dropout=0.1,
     ),
-    "small": UNetConfig(widths=(16, 32, 48, 64), num_res_blocks=1, norm="group"),
+    "small": UNetConfig(widths=(16, 32, 48, 64), num_res_blocks=1, norm="batch"),
     "tiny": UNetConfig(widths=(8, 16), num_res_blocks=1, norm="group"),
 }
 

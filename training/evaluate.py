@@ -61,6 +61,35 @@ def first_error(bundle, x: np.ndarray, brain: np.ndarray, batch: int = 32) -> np
     return out
 
 
+def baseline_error(model, x: np.ndarray, brain: np.ndarray, batch: int = 32) -> np.ndarray:
+    from .baselines import score
+
+    out = np.empty_like(x)
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xt = torch.from_numpy(x[i:i + batch])[:, None]
+            out[i:i + batch] = (score(model, xt) * torch.from_numpy(brain[i:i + batch])[:, None]
+                                )[:, 0].numpy()
+    return out
+
+
+def load_baselines(run: Path, preset: str) -> dict:
+    from .baselines import build_baseline
+    from .train import load_checkpoint
+
+    models = {}
+    for kind in ("ae", "dae"):
+        ck = run / f"{kind}.ckpt"
+        if ck.exists():
+            state = load_checkpoint(ck)
+            m = build_baseline(kind, preset)
+            m.load_state_dict(state["model"])
+            models[kind.upper()] = m.eval()
+            log(f"baseline {kind}: {int(state['step'])} steps")
+    return models
+
+
 def intensity_score(x: np.ndarray, brain: np.ndarray, modality: str) -> np.ndarray:
     s = -x if modality in HYPO else x
     return np.where(brain, s, -np.inf).astype(np.float32)
@@ -99,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--fpr", type=float, default=0.001)
     p.add_argument("--rising-tau", type=float, default=0.0,
                    help="τ step for the optimistic best-iteration mode (0 = off)")
+    p.add_argument("--baselines", help="run folder with ae.ckpt / dae.ckpt (train --net ae|dae)")
     p.add_argument("--out", required=True, help="folder for results.json and results.md")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
@@ -113,6 +143,10 @@ def main(argv=None) -> int:
         "no-iteration": threshold_from_healthy(first_error(bundle, val.x, val.brain), val.brain,
                                                args.fpr),
     }
+    baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
+    for kind, model in baselines.items():
+        thr[kind] = threshold_from_healthy(baseline_error(model, val.x, val.brain), val.brain,
+                                           args.fpr)
     iscore = intensity_score(val.x, val.brain, args.modality)
     thr["intensity"] = float(np.quantile(iscore[val.brain], 1 - args.fpr))
     log("thresholds from healthy validation: " + ", ".join(f"{k}={v:.4g}" for k, v in thr.items()))
@@ -131,6 +165,7 @@ def main(argv=None) -> int:
             "itermask": job.history.last.error,
             "no-iteration": first_state.error,
             "intensity": intensity_score(vol.x, vol.brain, args.modality),
+            **{k: baseline_error(mdl, vol.x, vol.brain) for k, mdl in baselines.items()},
         }
         gt_model = geo.to_model(gt.astype(np.float32), order=1) > 0.5
         row = {"case": name, "lesion_ml": float(gt.sum() * scan.voxel_volume_mm3 / 1000),

@@ -45,6 +45,7 @@ RECIPES = {
     "paper": {"lr": 1e-4, "batch": 32, "steps": 90_000, "warmup": 0},
 }
 NETS = ("first", "masked")
+BASELINES = ("ae", "dae")
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -82,6 +83,13 @@ class Batcher:
         if self.augment:
             x = self._augment(x, brain)
         xt = torch.from_numpy(x)[:, None]
+        if self.net == "ae":
+            return xt, xt
+        if self.net == "dae":
+            from .baselines import coarse_noise
+
+            brain_t = torch.from_numpy(brain)[:, None]
+            return xt + coarse_noise(xt.shape, self.rng) * brain_t, xt
         xf = high_pass(xt, self.radius)
         if self.net == "first":
             return xf, xt
@@ -175,7 +183,12 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     torch.manual_seed(args.seed + 1000 * rank + (0 if net == "first" else 7))
-    model = build_unet(args.preset, 1 if net == "first" else 2).to(device)
+    if net in BASELINES:
+        from .baselines import build_baseline
+
+        model = build_baseline(net, args.preset).to(device)
+    else:
+        model = build_unet(args.preset, 1 if net == "first" else 2).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ckpt = out / f"{net}.ckpt"
     step = 0
@@ -248,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True, help="training slices (.npz from prepare)")
     p.add_argument("--val", help="validation slices (.npz) for the validation curve")
-    p.add_argument("--net", default="both", choices=["first", "masked", "both"])
+    p.add_argument("--net", default="both", choices=["first", "masked", "both", "ae", "dae"],
+                   help="both = the two IterMask² nets; ae / dae = baselines")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--steps", type=int, default=0, help="total steps (default: the recipe's)")
     p.add_argument("--batch", type=int, default=0, help="batch per process (default: recipe)")

@@ -1,0 +1,122 @@
+"""Training recipe smoke tests on tiny data: prepare, train/resume, calibrate, metrics."""
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
+from napari_itermask.core.metrics import (
+    dice,
+    lesion_detection,
+    precision,
+    sensitivity,
+    size_stratum,
+    ssim_normal,
+)
+from training import prepare, train
+from training.common import SliceSet
+from conftest import phantom
+
+GRID = ["--grid", "64", "--pixel-size", "3.75", "--min-brain", "50"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    prepare.main(["synth", "--modality", "flair", "--split", "train", "--n", "2",
+                  "--voxel-size", "3.0", "-o", str(d / "train.npz"), *GRID])
+    return d / "train.npz"
+
+
+def test_prepare_synth_gives_healthy_slices_on_the_grid(tiny_data):
+    ds = SliceSet.load(tiny_data)
+    assert ds.x.shape[1:] == (64, 64) and len(ds) > 10
+    assert (ds.brain.reshape(len(ds), -1).sum(1) >= 50).all()
+    assert ds.label is None and ds.meta["split"] == "train"
+    assert ds.meta["seeds"][0] == 100_000
+
+
+def test_prepare_brats_layout_uses_only_tumour_free_slices(tmp_path):
+    root = tmp_path / "BraTS2021"
+    for k in range(2):
+        case = root / f"BraTS2021_0000{k}"
+        case.mkdir(parents=True)
+        img, lab = phantom(shape=(48, 48, 20), seed=k)
+        aff = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS-like, as BraTS files are
+        for mod in ("flair", "t1", "t1ce", "t2"):
+            nib.save(nib.Nifti1Image(img, aff), str(case / f"{case.name}_{mod}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, aff), str(case / f"{case.name}_seg.nii.gz"))
+    out = tmp_path / "brats.npz"
+    prepare.main(["brats", str(root), "--modality", "flair", "-o", str(out), *GRID,
+                  "--min-brain", "1"])
+    ds = SliceSet.load(out)
+    tumour_slices = {z for z in range(20) if lab[:, :, z].any()}
+    assert len(tumour_slices) > 0
+    # every slice with brain and no tumour, from both cases, and none with tumour
+    expected = sum(1 for z in range(20) if (img[:, :, z] > 0).any() and z not in tumour_slices)
+    assert len(ds) <= 2 * expected
+    assert len(ds) >= 2 * (expected - 2)
+    assert ds.x.max() < 6 and ds.x.min() >= -3.5  # p90 normalisation
+
+
+def test_train_loss_goes_down_and_resumes(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = ["--train", str(tiny_data), "--preset", "tiny", "--net", "first", "--steps", "30",
+            "--batch", "8", "--lr", "3e-3", "--out", str(run), "--save-every", "0",
+            "--threads", "1"]
+    train.main(args)
+    rows = list(csv.DictReader(open(run / "first_log.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(rows) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert (run / "first_loss.png").stat().st_size > 1000
+    ck = train.load_checkpoint(run / "first.ckpt")
+    assert ck["step"] == 30
+    train.main([*args[:-4], "--steps", "35", "--resume", "--save-every", "0"])
+    assert train.load_checkpoint(run / "first.ckpt")["step"] == 35
+    rows = list(csv.DictReader(open(run / "first_log.csv")))
+    assert [int(r["step"]) for r in rows][-5:] == [31, 32, 33, 34, 35]
+
+
+def test_masked_and_baseline_nets_train(tiny_data, tmp_path):
+    for net in ("masked", "dae", "ae"):
+        train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", net, "--steps", "3",
+                    "--batch", "4", "--out", str(tmp_path), "--threads", "1"])
+        assert train.load_checkpoint(tmp_path / f"{net}.ckpt")["step"] == 3
+
+
+def test_calibration_on_known_distributions():
+    rng = np.random.default_rng(0)
+    errs = rng.uniform(0, 1, (50, 32, 32))
+    masks = np.zeros_like(errs, bool)
+    masks[:, :16] = True
+    errs[~masks] = 100.0  # outside the masks must not count
+    assert tau_from_masked_errors(errs, masks, 80) == pytest.approx(0.8, abs=0.01)
+    brains = np.ones_like(errs, bool)
+    e = rng.exponential(1.0, errs.shape)
+    assert threshold_from_healthy(e, brains, 0.001) == pytest.approx(np.log(1000), rel=0.1)
+    with pytest.raises(ValueError):
+        threshold_from_healthy(e, brains, 0.0)
+
+
+def test_metrics_on_hand_made_cases():
+    gt = np.zeros((20, 20), bool)
+    gt[5:10, 5:10] = True  # 25 px
+    pred = np.zeros_like(gt)
+    pred[5:10, 5:15] = True  # 50 px, 25 correct
+    assert dice(pred, gt) == pytest.approx(2 * 25 / 75)
+    assert sensitivity(pred, gt) == 1.0 and precision(pred, gt) == 0.5
+    assert dice(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+    assert np.isnan(sensitivity(pred, np.zeros_like(gt)))
+    assert size_stratum(150) == "small" and size_stratum(500) == "medium"
+    assert size_stratum(900) == "large"
+    two = gt.copy()
+    two[15:18, 15:18] = True
+    assert lesion_detection(pred, two) == (1, 2)
+    x = np.random.default_rng(0).normal(size=(32, 32))
+    brain = np.ones_like(x, bool)
+    assert ssim_normal(x, x, brain, np.zeros_like(brain)) == pytest.approx(1.0)
+    noisy = x + np.random.default_rng(1).normal(scale=1.0, size=x.shape)
+    assert ssim_normal(noisy, x, brain, np.zeros_like(brain)) < 0.8

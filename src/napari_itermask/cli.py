@@ -153,8 +153,8 @@ def cmd_models(args) -> int:
         print("no models found")
         return 0
     for m in models:
-        if "error" in m:
-            print(f"{m['name']:<10} [{m['source']}] unusable: {m['error']}")
+        if "problem" in m:
+            print(f"{m['name']:<10} [{m['source']}] unusable: {m['problem']}")
             continue
         state = "trained" if m.get("trained") else "UNTRAINED placeholder"
         print(f"{m['name']:<10} [{m['source']}] {m['modality']}, preset {m['preset']}, {state}; "

@@ -279,7 +279,7 @@ def list_models() -> list[dict]:
             try:
                 card = read_card(folder).to_dict()
             except ModelError as exc:
-                card = {"name": folder.name, "error": str(exc)}
+                card = {"name": folder.name, "problem": str(exc)}
             card["name"] = folder.name
             out.append({**card, "source": source, "path": str(folder)})
     return out

@@ -178,3 +178,10 @@ def test_user_brain_mask(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((5, 5, 5), np.uint8), RAS), str(bad))
     with pytest.raises(InputError, match="shape"):
         load_brain_mask(bad, scan)
+
+
+def test_brain_wider_than_the_model_field_of_view_warns():
+    img, _ = phantom(shape=(120, 60, 6), lesion=False)
+    with pytest.warns(ScanWarning, match="field of view"):
+        to_model_grid(scan_from_array(img, np.diag([3.0, 1.0, 3.0, 1.0])), grid=64,
+                      pixel_size_mm=4.0)

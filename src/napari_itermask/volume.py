@@ -359,6 +359,14 @@ def to_model_grid(scan: Scan, *, grid: int = 128, pixel_size_mm: float = 1.875,
     if not brain.any():
         raise InputError("the brain mask is empty: nothing to segment")
     geo = Geometry.for_scan(data.shape, scan.affine, pixel_size_mm, grid, brain)
+    cb = geo.to_canonical(brain)
+    fov = grid * pixel_size_mm
+    for ax, name in ((0, "left-right"), (1, "front-back")):
+        idx = np.nonzero(cb.any(axis=tuple(a for a in range(3) if a != ax)))[0]
+        extent = (idx[-1] - idx[0] + 1) * geo.voxel_mm[ax]
+        if extent > fov:
+            _warn(scan.notes, f"the brain spans {extent:.0f} mm {name}, more than the model's "
+                              f"{fov:.0f} mm field of view: its edges are not analysed")
     norm = normalise(data, brain, normalisation)
     x = geo.to_model(norm, order=1, cval=BACKGROUND)
     b = geo.to_model(brain.astype(np.float32), order=1, cval=0.0) > 0.5

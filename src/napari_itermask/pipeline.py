@@ -94,12 +94,11 @@ class Job:
         """Yield engine states; records each into ``history``. ``tau`` overrides for a resume."""
         if self.history is None:
             self.history = History.start(self.volume.brain, self.config.tau)
-        cfg = self.config
-        if tau is not None:
-            cfg = EngineConfig(**{**cfg.__dict__, "tau": float(tau)})
+        if tau is not None:  # the τ in force from now on (provenance reports it)
+            self.config = EngineConfig(**{**self.config.__dict__, "tau": float(tau)})
         self.cancel.clear()
         for state in run(self.volume.x, self.volume.brain, self.bundle.first, self.bundle.masked,
-                         cfg, resume=resume, cancel=self.cancel):
+                         self.config, resume=resume, cancel=self.cancel):
             self.history.record(state)
             yield state
 

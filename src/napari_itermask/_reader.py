@@ -1,0 +1,98 @@
+"""napari reader for NIfTI scans (``*.nii``, ``*.nii.gz``).
+
+The file is read and checked by ``volume.load_scan`` (the same checks as the command line), and
+shown as one Image layer placed by its affine in the axial, radiological view (see
+``_layers.py``). A label map — integer data next to a napari-itermask JSON sidecar, or integer
+data whose name says label/lesion/mask/seg — opens as a Labels layer, placed the same way.
+Unusable files (4-D series, complex data, corrupt files, …) give one line in an error
+notification and no layer, never a traceback. Oddities that do not stop reading (NaNs, shear,
+an oblique acquisition napari cannot draw exactly in 2-D) give a warning notification and are
+kept in ``metadata["warnings"]``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._layers import image_layer_data, labels_layer_data, layer_stem
+
+__all__ = ["napari_get_reader", "read_nifti"]
+
+_NULL = [(None,)]  # napari's "read fine, nothing to show" sentinel
+_LABEL_NAME = re.compile(r"(label|lesion|mask|seg|_gt\b|truth)", re.IGNORECASE)
+
+
+def _is_nifti(path) -> bool:
+    return isinstance(path, str) and path.lower().endswith((".nii", ".nii.gz"))
+
+
+def napari_get_reader(path):
+    """Return ``read_nifti`` for one NIfTI path, else None (napari then asks other readers)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None  # a stack of files is not a scan
+        path = path[0]
+    path = str(path)
+    return read_nifti if _is_nifti(path) else None
+
+
+def _label_candidate(path: Path, header) -> bool:
+    from .export import sidecar_path
+
+    if np.dtype(header.get_data_dtype()).kind not in "iub":
+        return False
+    slope, inter = header.get_slope_inter()
+    if slope not in (None, 1.0) or inter not in (None, 0.0):
+        return False  # scaled integers are intensities, not labels
+    return sidecar_path(path).exists() or bool(_LABEL_NAME.search(layer_stem(path)))
+
+
+def _load_labels(path: Path):
+    """Label maps may be empty, so they skip the scan's "has a brain" check."""
+    from .errors import InputError
+    from .volume import Scan, _check_affine, _read_nifti
+
+    img, raw = _read_nifti(path, what="label map")
+    data = np.asarray(raw)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise InputError(f"label map {path.name} has {data.ndim} dimensions; 2-D or 3-D needed")
+    if data.min(initial=0) < 0:
+        raise InputError(f"label map {path.name} has negative labels")
+    notes: list[str] = []
+    affine = _check_affine(img.affine, path.name, notes)
+    return Scan(data, affine, img.header.copy(), path, None, notes)
+
+
+def read_nifti(path) -> list[tuple]:
+    import nibabel as nib
+    from napari.utils.notifications import show_error, show_warning
+
+    from .errors import ItermaskError
+    from .volume import ScanWarning, load_scan
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # ScanWarnings are in scan.notes: shown below
+            warnings.simplefilter("ignore", ScanWarning)
+            try:
+                header = nib.load(str(path)).header
+            except Exception:
+                header = None  # load_scan below gives the one-line reason
+            if header is not None and _label_candidate(path, header):
+                layer = labels_layer_data(_load_labels(path), layer_stem(path))
+            else:
+                layer = image_layer_data(load_scan(path), layer_stem(path))
+    except ItermaskError as exc:
+        show_error(f"napari-itermask: {exc}")
+        return _NULL
+    for msg in layer[1]["metadata"]["warnings"]:
+        show_warning(f"napari-itermask: {msg}")
+    return [layer]

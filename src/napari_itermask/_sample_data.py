@@ -1,0 +1,64 @@
+"""File ▸ Open Sample: synthetic skull-stripped FLAIR, T1 and T2 brains with lesions.
+
+Each sample is an Image layer (placed and described exactly like a scan opened by the reader)
+and its ground-truth Labels layer, both from ``synth.make_case``. The seed is fixed, so the
+same sample comes back every time (the command line's ``itermask demo`` uses the same one).
+"""
+
+from __future__ import annotations
+
+from ._layers import derived_kwargs, image_layer_data, to_layer_shape
+
+__all__ = ["case_layers", "sample_flair", "sample_t1", "sample_t2", "SAMPLE_SEED"]
+
+SAMPLE_SEED = 12345
+
+
+class _Named:
+    """Just enough of a layer (name, data, metadata, axis labels) for ``derived_kwargs``."""
+
+    def __init__(self, data, kwargs):
+        self.data = data
+        self.name = kwargs["name"]
+        self.metadata = kwargs["metadata"]
+        self.axis_labels = kwargs["axis_labels"]
+        self.ndim = data.ndim
+
+
+def case_layers(case) -> list[tuple]:
+    """[(image, kwargs, "image"), (label, kwargs, "labels")] for a ``synth.SynthCase``."""
+    from .volume import scan_from_array
+
+    name = f"sample {case.modality.upper()}"
+    scan = scan_from_array(case.image, case.affine, name=name)
+    image = image_layer_data(scan, name)
+    lesions = [{k: v for k, v in les.items() if isinstance(v, (int, float, str, tuple))}
+               for les in case.lesions]
+    image[1]["metadata"].update(
+        {"synthetic": True, "modality": case.modality, "seed": case.seed, "lesions": lesions})
+    from napari.utils.colormaps import DirectLabelColormap
+
+    green = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
+                                            1: (0.2, 1.0, 0.2, 1.0)})
+    gt = derived_kwargs(_Named(image[0], image[1]), "ground truth", opacity=0.6,
+                        colormap=green)
+    gt["metadata"]["synthetic"] = True
+    return [image, (to_layer_shape(case.label, _Named(image[0], image[1])), gt, "labels")]
+
+
+def _sample(modality: str) -> list[tuple]:
+    from . import synth
+
+    return case_layers(synth.make_case(modality, SAMPLE_SEED))
+
+
+def sample_flair() -> list[tuple]:
+    return _sample("flair")
+
+
+def sample_t1() -> list[tuple]:
+    return _sample("t1")
+
+
+def sample_t2() -> list[tuple]:
+    return _sample("t2")

@@ -1,0 +1,264 @@
+"""napari plugin: the IterMask² widget (runs, sliders, safety, export, settings, screenshot).
+
+A tiny random model on a 3 mm synthetic brain: the results mean nothing, the mechanics are
+what is tested. Run under Xvfb (see docs/headless-gui): QT_QPA_PLATFORM=xcb QT_API=pyqt6.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from _plugin_support import (  # noqa: E402,F401
+    THRESHOLD,
+    add_case,
+    isolated_settings,
+    make_tiny_model,
+    small_case,
+    tiny_model,
+)
+
+RUN_TIMEOUT = 60_000  # ms
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications shown by the plugin, by kind."""
+    from napari.utils import notifications
+
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+def _widget(viewer, model, qtbot=None):
+    from napari_itermask._widget import IterMaskWidget
+
+    w = IterMaskWidget(viewer)
+    assert w.set_model(str(model))
+    w.device_combo.setCurrentText("cpu")
+    w.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
+    if qtbot is not None:
+        qtbot.addWidget(w)
+    return w
+
+
+def _wait_idle(qtbot, w, timeout=RUN_TIMEOUT):
+    qtbot.waitUntil(lambda: w._worker is None, timeout=timeout)
+
+
+def _layer(viewer, name):
+    return viewer.layers[name]
+
+
+def test_full_run_sliders_accept_export(make_napari_viewer, qtbot, tiny_model, small_case,
+                                        tmp_path, notes):
+    viewer = make_napari_viewer()
+    img, _gt = add_case(viewer, small_case)
+    w = _widget(viewer, tiny_model, qtbot)
+    assert w.untrained_note.isVisibleTo(w) and "UNTRAINED" in w.untrained_note.text()
+    assert "CPU" in w.device_note.text()
+
+    assert w.run()
+    assert not w.run()  # a second Run while one runs is refused, with a notification
+    assert any("already running" in m for m in notes["warning"])
+    _wait_idle(qtbot, w)
+    assert not notes["error"], notes["error"]
+    sess = w._current_session()
+    assert sess.finished and len(sess.steps) >= 3
+    for suffix in ("mask", "error", "reconstruction", "lesions"):
+        layer = _layer(viewer, f"sample FLAIR {suffix}")
+        np.testing.assert_allclose(layer.affine.affine_matrix, img.affine.affine_matrix)
+        assert layer.data.shape == img.data.shape
+        np.testing.assert_allclose(layer.metadata["affine"], small_case.affine)
+    assert w.progress.value() == 1000
+
+    # iteration slider: back to the brain redraws the (larger) mask
+    mask = _layer(viewer, "sample FLAIR mask")
+    last = np.asarray(mask.data).copy()
+    assert "mL" in w.iter_label.text()
+    w.iter_slider.setValue(0)
+    qtbot.waitUntil(lambda: np.asarray(mask.data).sum() > last.sum(), timeout=10_000)
+    assert "start" in w.iter_label.text()
+    np.testing.assert_array_equal(np.asarray(mask.data) > 0,
+                                  small_case.brain.transpose(img.metadata["scan_axes"]))
+
+    # threshold slider: lower threshold → more lesion voxels, at once, with stats
+    lesions = _layer(viewer, "sample FLAIR lesions")
+    assert "★" in w.threshold_label.text() and w.threshold_slider.mark is not None
+    before = int((np.asarray(lesions.data) > 0).sum())
+    stats_before = w.stats_label.text()
+    w.threshold_slider.setValue(w.threshold_slider.value() // 2)
+    after = int((np.asarray(lesions.data) > 0).sum())
+    assert after > before and w.stats_label.text() != stats_before
+    assert "mL" in w.stats_label.text() and "★" not in w.threshold_label.text()
+    w.min_size_spin.setValue(50)
+    assert int((np.asarray(lesions.data) > 0).sum()) < after
+    w.restore_defaults()
+    assert w.threshold_spin.value() == pytest.approx(THRESHOLD)
+    assert "★" in w.threshold_label.text() and w.min_size_spin.value() == 0
+
+    # accept → an editable layer; a second accept asks first and respects "no"
+    acc = w.accept_result()
+    assert acc.name == "sample FLAIR lesions (accepted)" and acc.mode == "paint"
+    edited = np.asarray(acc.data).copy()
+    edited[tuple(s // 2 for s in edited.shape)] = 2  # the user's edit
+    acc.data = edited
+    asked = []
+    w.confirm = lambda title, text: asked.append(title) or False
+    w.threshold_slider.setValue(1)
+    assert w.accept_result() is None and asked
+    np.testing.assert_array_equal(np.asarray(acc.data), edited)
+
+    # export writes the accepted (edited) labels with the source affine + provenance
+    out = tmp_path / "result.nii.gz"
+    written = w.export_result(str(out))
+    assert [str(p) for p in written] == [str(out), str(tmp_path / "result.json")]
+    nii = nib.load(str(out))
+    np.testing.assert_allclose(nii.affine, small_case.affine, atol=1e-5)
+    saved = np.asarray(nii.dataobj)
+    assert saved.shape == small_case.image.shape and saved.dtype == np.uint8
+    np.testing.assert_array_equal(saved.transpose(img.metadata["scan_axes"]), edited)
+    side = json.loads((tmp_path / "result.json").read_text())
+    for key in ("model", "model_sha256", "tau", "threshold", "iteration_shown", "version",
+                "created"):
+        assert key in side
+    assert side["model"] == "tiny" and len(side["model_sha256"]) == 64
+    assert side["edited_by_user"] is True
+    # never silently overwritten: "no" keeps the file
+    asked.clear()
+    assert w.export_result(str(out)) is None and asked
+    # reloaded through the reader, it lands on the scan
+    (back,) = viewer.open(str(out), plugin="napari-itermask")
+    np.testing.assert_allclose(back.affine.affine_matrix, img.affine.affine_matrix, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(back.data), edited)
+
+
+def test_step_continue_cancel_and_gui_stays_free(make_napari_viewer, qtbot, tiny_model,
+                                                small_case, notes):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    add_case(viewer, small_case)
+    w = _widget(viewer, tiny_model, qtbot)
+
+    assert w.step()
+    _wait_idle(qtbot, w)
+    sess = w._current_session()
+    assert len(sess.steps) == 2 and sess.steps[1].iteration == 1  # start + one iteration
+    assert "sample FLAIR mask" in viewer.layers
+    assert w.step()
+    _wait_idle(qtbot, w)
+    assert len(sess.steps) == 3 and not sess.finished
+
+    # Cancel mid-run: stops between iterations; the GUI thread ticks meanwhile
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    assert w.run()
+    qtbot.waitUntil(lambda: len(sess.steps) >= 4, timeout=RUN_TIMEOUT)
+    w.cancel()
+    _wait_idle(qtbot, w)
+    timer.stop()
+    assert len(ticks) > 0  # the window never froze
+    assert not sess.finished and "Cancelled" in w.status.text()
+    n = len(sess.steps)
+    assert w.run()  # continues where it stopped
+    _wait_idle(qtbot, w)
+    assert sess.finished and len(sess.steps) > n
+
+    # continue with a higher τ extends the history
+    n = len(sess.steps)
+    assert not w.continue_higher_tau(sess.tau)  # must be higher
+    assert w.continue_higher_tau(sess.tau * 1.5)
+    _wait_idle(qtbot, w)
+    assert len(sess.steps) > n and sess.steps[-1].tau == pytest.approx(sess.tau)
+    assert w.iter_slider.maximum() == len(sess.steps) - 1
+    assert not notes["error"], notes["error"]
+
+
+def test_results_stay_on_their_layer_when_switching(make_napari_viewer, qtbot, tiny_model,
+                                                   small_case, notes):
+    viewer = make_napari_viewer()
+    add_case(viewer, small_case, name="A")
+    add_case(viewer, small_case, name="B")
+    w = _widget(viewer, tiny_model, qtbot)
+    w.image_combo.setCurrentText("A")
+    assert w.run()
+    w.image_combo.setCurrentText("B")  # switch mid-run
+    assert not w.run()  # refused while A runs
+    _wait_idle(qtbot, w)
+    names = [lyr.name for lyr in viewer.layers]
+    assert "A mask" in names and "A lesions" in names
+    assert not any(n.startswith("B ") and "ground truth" not in n for n in names)
+    assert w._current_session() is None and not w.review_box.isEnabled()
+    w.image_combo.setCurrentText("A")
+    assert w.review_box.isEnabled()
+    # Reset removes A's previews but never an accepted layer
+    w.accept_result()
+    w.reset()
+    names = [lyr.name for lyr in viewer.layers]
+    assert "A mask" not in names and "A lesions" not in names
+    assert "A lesions (accepted)" in names and w._current_session() is None
+
+
+def test_errors_are_notifications_and_settings_persist(make_napari_viewer, qtbot, tiny_model,
+                                                      small_case, notes, tmp_path):
+    from napari_itermask._widget import IterMaskWidget
+
+    viewer = make_napari_viewer()
+    add_case(viewer, small_case)
+    w = _widget(viewer, tiny_model, qtbot)
+    # bundled models are offered
+    offered = [w.model_combo.itemData(i) for i in range(w.model_combo.count())]
+    assert {"flair", "t1", "t2"} <= set(offered)
+    # a broken model folder: one-line error notification, no traceback, nothing running
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "card.json").write_text("{not json")
+    assert not w.set_model(str(bad))
+    assert notes["error"] and "\n" not in notes["error"][-1]
+    # settings survive a new widget (a new session)
+    w.seed_spin.setValue(7)
+    w.max_iter_spin.setValue(3)
+    w.device_combo.setCurrentText("cpu")
+    w2 = IterMaskWidget(viewer)
+    qtbot.addWidget(w2)
+    assert w2.seed_spin.value() == 7 and w2.max_iter_spin.value() == 3
+    assert w2.model_combo.currentData() == str(tiny_model.resolve())
+    w2.restore_defaults()
+    w3 = IterMaskWidget(viewer)
+    qtbot.addWidget(w3)
+    assert w3.seed_spin.value() == 0 and w3.max_iter_spin.value() == 0
+    assert w3.device_combo.currentText() == "auto"
+
+
+def test_screenshot_shows_canvas_and_dock(make_napari_viewer, qtbot, tiny_model, small_case,
+                                          tmp_path):
+    viewer = make_napari_viewer(show=True)
+    add_case(viewer, small_case)
+    from napari_itermask._widget import TITLE, IterMaskWidget
+
+    # as from the Plugins menu: napari builds the widget and hands it a viewer proxy
+    dock, w = viewer.window.add_plugin_dock_widget("napari-itermask", TITLE)
+    assert isinstance(w, IterMaskWidget) and w._viewer is viewer
+    w.set_model(str(tiny_model))
+    w.device_combo.setCurrentText("cpu")
+    qtbot.waitUntil(dock.isVisible, timeout=10_000)
+    assert w.step()
+    _wait_idle(qtbot, w)
+    qtbot.wait(200)
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    full = viewer.screenshot(str(tmp_path / "shot.png"), canvas_only=False, flash=False)
+    rgb = canvas[..., :3].astype(float)
+    assert rgb.mean() > 5 and rgb.std() > 10  # a drawn brain, not a black canvas
+    assert full.shape[1] > canvas.shape[1]  # the dock is in the window shot
+    assert (tmp_path / "shot.png").stat().st_size > 10_000

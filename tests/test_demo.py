@@ -1,0 +1,26 @@
+"""`itermask demo`: headless Dice report, and the viewer with the sample and the widget docked."""
+
+import napari
+import pytest
+
+from napari_itermask.cli import main
+
+
+def test_demo_headless_prints_dice(capsys, tiny_model_dir):
+    assert main(["demo", "--headless", "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Dice" in out and "sample: synthetic flair" in out
+
+
+@pytest.mark.gui
+def test_demo_opens_viewer_with_sample_and_widget(make_napari_viewer, monkeypatch, qtbot):
+    viewer = make_napari_viewer(show=True)
+    monkeypatch.setattr(napari, "Viewer", lambda **kw: viewer)
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    assert main(["demo", "--modality", "t1"]) == 0
+    names = [layer.name for layer in viewer.layers]
+    assert any("sample T1" == n for n in names) and any("ground truth" in n for n in names)
+    docks = viewer.window._dock_widgets
+    assert any("IterMask" in name for name in docks)
+    dock = next(d for name, d in docks.items() if "IterMask" in name)
+    qtbot.waitUntil(dock.isVisible, timeout=5000)

@@ -210,6 +210,16 @@ def test_resume_with_higher_tau_extends_and_shrinks():
     assert more[0].masks.sum() == last.masks.sum() - 30
 
 
+def test_resume_after_the_cap_gets_a_fresh_cap():
+    x, brain = make_slices()
+    f1 = RampFirst(x, brain).bind()
+    f = ScheduledMasked(x, [10])
+    last, _ = run_to_end(x, brain, f1, f, EngineConfig(tau=1.0, max_iter=3))
+    assert last.status[0] == CAPPED and last.iterations[0] == 3
+    more = list(run(x, brain, f1, f, EngineConfig(tau=2.0, max_iter=3), resume=last))
+    assert len(more) == 3 and more[-1].status[0] == CAPPED and more[-1].iterations[0] == 6
+
+
 def test_human_ai_rising_tau_keeps_going_when_stalled():
     x, brain = make_slices()
     f1 = RampFirst(x, brain).bind()

@@ -126,7 +126,8 @@ def run(
 
     ``f1`` maps (B, 1, H, W) x_f to (B, 1, H, W); ``f`` maps (B, 2, H, W) ``cat(x̂, x_f)`` to
     (B, 1, H, W). Torch modules are put in eval mode. ``resume`` continues from an earlier
-    state (e.g. with a higher τ): slices whose mask is not empty start running again.
+    state with ``config.tau`` (e.g. a higher τ): slices whose mask is not empty start running
+    again, and the iteration cap counts from the resume.
     Setting ``cancel`` stops the loop between iterations.
     """
     x_np = np.ascontiguousarray(slices, dtype=np.float32)
@@ -157,13 +158,14 @@ def run(
         masks = resume.masks.copy()
         recon = resume.recon.copy()
         error = resume.error.copy()
-        tau = np.maximum(resume.tau, cfg.tau)
+        tau = np.full(n, cfg.tau, dtype=np.float64)
         iters = resume.iterations.copy()
         status = resume.status.copy()
         alive = (status != SKIPPED) & masks.reshape(n, -1).any(1)
         status[alive] = RUNNING
         t0 = resume.iteration
     passes = 0 if resume is None else resume.forward_passes
+    iters0 = iters.copy()  # the cap counts the iterations of this run (a resume starts afresh)
 
     xf_cache: dict[int, torch.Tensor] = {}
 
@@ -223,7 +225,7 @@ def run(
                         tau[i] += cfg.tau_step
                     else:
                         status[i] = CONVERGED
-            status[(status == RUNNING) & (iters >= cfg.max_iter)] = CAPPED
+            status[(status == RUNNING) & (iters - iters0 >= cfg.max_iter)] = CAPPED
             yield IterationState(
                 iteration=t,
                 tau=tau.copy(),

@@ -120,3 +120,21 @@ def test_metrics_on_hand_made_cases():
     assert ssim_normal(x, x, brain, np.zeros_like(brain)) == pytest.approx(1.0)
     noisy = x + np.random.default_rng(1).normal(scale=1.0, size=x.shape)
     assert ssim_normal(noisy, x, brain, np.zeros_like(brain)) < 0.8
+
+
+def test_two_process_ddp_training_with_torchrun(tiny_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "-m", "training.train", "--train", str(tiny_data), "--preset", "tiny", "--net",
+         "masked", "--steps", "3", "--batch", "2", "--out", str(tmp_path), "--threads", "1"],
+        capture_output=True, text=True, cwd=root, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "batch 2×2" in proc.stderr
+    assert train.load_checkpoint(tmp_path / "masked.ckpt")["step"] == 3

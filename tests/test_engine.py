@@ -236,3 +236,20 @@ def test_config_validation():
         EngineConfig(tau=1.0, first_unmask=1.0)
     with pytest.raises(ValueError):
         EngineConfig(tau=1.0, max_iter=0)
+
+
+def test_without_masked_guidance_f_sees_no_high_frequencies():
+    x, brain = make_slices()
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, inp):
+            seen.append(float(inp[:, 1].abs().max()))
+            return inp[:, :1] * 0 + 1.0
+
+    f1 = RampFirst(x, brain).bind()
+    list(run(x, brain, f1, Spy(), EngineConfig(tau=1.0, max_iter=3, masked_guidance=False)))
+    assert seen and max(seen) == 0.0
+    seen.clear()
+    list(run(x, brain, f1, Spy(), EngineConfig(tau=1.0, max_iter=3)))
+    assert min(seen) > 0.0

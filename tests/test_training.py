@@ -80,6 +80,15 @@ def test_train_loss_goes_down_and_resumes(tiny_data, tmp_path):
     assert [int(r["step"]) for r in rows][-5:] == [31, 32, 33, 34, 35]
 
 
+def test_no_guidance_ablation_is_recorded(tiny_data, tmp_path):
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "masked", "--steps", "2",
+                "--batch", "2", "--out", str(tmp_path), "--threads", "1", "--no-guidance"])
+    import json
+
+    extra = json.loads(train.load_checkpoint(tmp_path / "masked.ckpt")["extra"])
+    assert extra["masked_guidance"] is False
+
+
 def test_masked_and_baseline_nets_train(tiny_data, tmp_path):
     for net in ("masked", "dae", "ae"):
         train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", net, "--steps", "3",

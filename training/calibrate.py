@@ -48,6 +48,7 @@ def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = No
     card.pixel_size_mm = float(meta.get("pixel_size_mm", card.pixel_size_mm))
     card.min_brain_pixels = int(meta.get("min_brain_pixels", card.min_brain_pixels))
     card.frequency_radius = float(extras["masked"]["radius"])
+    card.masked_guidance = bool(extras["masked"].get("masked_guidance", True))
     card.trained = True
     card.training = {
         "data": meta,
@@ -77,6 +78,8 @@ def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: i
                 m = torch.from_numpy(sampler.sample_batch(val.brain[i:i + batch], rng))[:, None]
                 eps = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
                 xf = high_pass(x, bundle.card.frequency_radius)
+                if not bundle.card.masked_guidance:
+                    xf = torch.zeros_like(xf)
                 out = bundle.masked(torch.cat([torch.where(m, eps, x), xf], 1))
                 errs.append(((x - out) ** 2).numpy())
                 masks.append(m.numpy())
@@ -87,7 +90,7 @@ def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: in
     card = bundle.card
     cfg = EngineConfig(tau=card.tau, first_unmask=card.first_unmask, stop_shrink=card.stop_shrink,
                        max_iter=card.max_iter, seed=seed, min_brain_pixels=card.min_brain_pixels,
-                       radius=card.frequency_radius)
+                       radius=card.frequency_radius, masked_guidance=card.masked_guidance)
     state, _ = run_to_end(val.x, val.brain, bundle.first, bundle.masked, cfg)
     thr = threshold_from_healthy(state.error, val.brain, fpr)
     return thr, state

@@ -61,8 +61,9 @@ class Batcher:
     """Draws training batches: slices, their x_f, and (for the masked net) masked inputs."""
 
     def __init__(self, data: SliceSet, net: str, sampler: MaskSampler, radius: float,
-                 seed: int, augment: bool = False):
+                 seed: int, augment: bool = False, guidance: bool = True):
         self.data, self.net, self.sampler, self.radius = data, net, sampler, radius
+        self.guidance = guidance
         self.rng = np.random.default_rng(seed)
         self.augment = augment
 
@@ -96,7 +97,7 @@ class Batcher:
         masks = torch.from_numpy(self.sampler.sample_batch(brain, self.rng))[:, None]
         eps = torch.from_numpy(self.rng.standard_normal(x.shape).astype(np.float32))[:, None]
         x_hat = torch.where(masks, eps, xt)
-        return torch.cat([x_hat, xf], dim=1), xt
+        return torch.cat([x_hat, xf if self.guidance else torch.zeros_like(xf)], dim=1), xt
 
 
 def save_checkpoint(path: Path, model, opt, step: int, extra: dict) -> None:
@@ -116,9 +117,9 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def evaluate_loss(model, data: SliceSet, net: str, sampler, radius: float, device,
-                  n: int = 64, seed: int = 12345) -> float:
+                  n: int = 64, seed: int = 12345, guidance: bool = True) -> float:
     """Validation loss on a fixed draw of slices and masks (the same every time)."""
-    b = Batcher(data, net, sampler, radius, seed)
+    b = Batcher(data, net, sampler, radius, seed, guidance=guidance)
     model.eval()
     losses = []
     with torch.no_grad():
@@ -208,7 +209,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = MaskSampler(size=train.x.shape[-1], wide_prob=args.wide_mask_prob)
     batcher = Batcher(train, net, sampler, args.radius, seed=args.seed * 7919 + step + 104729 * rank,
-                      augment=args.augment)
+                      augment=args.augment, guidance=not args.no_guidance)
     log_path = out / f"{net}_log.csv"
     new_log = not log_path.exists() or step == 0
     logf = open(log_path, "w" if new_log else "a", newline="")
@@ -223,6 +224,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     last_save = t0
     extra = {"net": net, "preset": args.preset, "train": train.meta, "radius": args.radius,
              "wide_mask_prob": args.wide_mask_prob, "augment": args.augment, "batch": batch,
+             "masked_guidance": not args.no_guidance,
              "lr": lr, "world": world}
     while step < steps:
         cur_lr = lr_at(step, steps, lr, recipe["warmup"])
@@ -236,7 +238,9 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         step += 1
         val_loss = ""
         if rank == 0 and val is not None and (step % args.val_every == 0 or step == steps):
-            val_loss = f"{evaluate_loss(model, val, net, sampler, args.radius, device):.6f}"
+            vl = evaluate_loss(model, val, net, sampler, args.radius, device,
+                               guidance=not args.no_guidance)
+            val_loss = f"{vl:.6f}"
         if rank == 0:
             writer.writerow([step, f"{loss.item():.6f}", val_loss, f"{cur_lr:.3g}",
                              f"{time.time() - t0:.1f}"])
@@ -271,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide-mask-prob", type=float, default=0.5,
                    help="share of training masks drawn inference-sized (0 = paper masks only)")
     p.add_argument("--augment", action="store_true", help="random gamma on intensities")
+    p.add_argument("--no-guidance", action="store_true",
+                   help="ablation '-freq': the masked net gets zeros instead of x_f")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoints")
     p.add_argument("--seed", type=int, default=0)

@@ -87,6 +87,7 @@ class Job:
             min_brain_pixels=card.min_brain_pixels,
             radius=card.frequency_radius,
             tau_step=tau_step,
+            masked_guidance=card.masked_guidance,
         )
         return cls(scan, bundle, vol, cfg)
 

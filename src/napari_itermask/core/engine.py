@@ -59,6 +59,7 @@ class EngineConfig:
     min_brain_pixels: int = 1
     radius: float = 15.0
     tau_step: float | None = None  # human–AI mode: raise a stalled slice's τ instead of stopping
+    masked_guidance: bool = True  # False: f gets zeros for x_f (the paper's "-freq" ablation)
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -197,7 +198,8 @@ def run(
                         [slice_noise(cfg.seed, ids[i], t, (h, w)) for i in idx]
                     ).to(device)[:, None]
                     x_hat = torch.where(m, eps, x)
-                    out = f(torch.cat([x_hat, xf], dim=1))
+                    guide = xf if cfg.masked_guidance else torch.zeros_like(xf)
+                    out = f(torch.cat([x_hat, guide], dim=1))
                 passes += len(idx)
                 out = out.float()
                 e = ((x - out) ** 2) * br

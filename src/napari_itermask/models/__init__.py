@@ -55,6 +55,7 @@ class ModelCard:
     pixel_size_mm: float = 1.875
     min_brain_pixels: int = 328  # 2 % of a 128² slice
     frequency_radius: float = 15.0
+    masked_guidance: bool = True  # False only for the "-freq" ablation (f sees no x_f)
     error: str = "squared"
     first_unmask: float = 0.4
     stop_shrink: float = 0.01

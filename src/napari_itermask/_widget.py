@@ -259,6 +259,7 @@ class IterMaskWidget(QWidget):
         cont.addWidget(self.continue_btn)
         rv.addLayout(cont)
         self.tau_default_label = QLabel()
+        self.tau_default_label.setWordWrap(True)
         rv.addWidget(self.tau_default_label)
 
         self.threshold_label = QLabel("Threshold: –")
@@ -278,6 +279,7 @@ class IterMaskWidget(QWidget):
         thr.addWidget(self.threshold_spin)
         rv.addLayout(thr)
         self.threshold_default_label = QLabel()
+        self.threshold_default_label.setWordWrap(True)
         rv.addWidget(self.threshold_default_label)
 
         size_row = QHBoxLayout()
@@ -829,9 +831,8 @@ class IterMaskWidget(QWidget):
         else:
             self._set_threshold_range(sess)
             self._sync_threshold_slider()
-        self.tau_default_label.setText(f"calibrated τ: {card.tau:.4g} "
-                                       f"({card.tau_derivation.get('method', '?')}); "
-                                       f"in force: {sess.tau:.4g}")
+        self.tau_default_label.setText(f"calibrated τ: {card.tau:.4g}; in force: {sess.tau:.4g}")
+        self.tau_default_label.setToolTip(f"τ: {card.tau_derivation.get('method', '?')}")
         self._update_threshold_label(sess)
         if sess.error_scan is not None:
             self._update_lesions(sess, float(self.threshold_spin.value()),
@@ -860,8 +861,9 @@ class IterMaskWidget(QWidget):
         mark = " ★ calibrated default" if at_default else ""
         self.threshold_label.setText(f"Threshold on the error map: {value:.4g}{mark}")
         self.threshold_default_label.setText(
-            f"calibrated threshold: {card.threshold:.4g} "
-            f"({card.threshold_derivation.get('method', '?')}) — yellow mark")
+            f"calibrated threshold: {card.threshold:.4g} — yellow mark")
+        self.threshold_default_label.setToolTip(
+            f"threshold: {card.threshold_derivation.get('method', '?')}")
 
     def _update_iteration_label(self, sess: Session, k: int) -> None:
         if not (0 <= k < len(sess.steps)):

@@ -45,8 +45,12 @@ def _load_model(spec: str, device: str, quiet: bool = False):
     return bundle
 
 
+def _error_map_path(target: Path) -> Path:
+    return target.with_name(target.name.replace(".nii", "_error.nii", 1))
+
+
 def cmd_segment(args) -> int:
-    from .export import check_target, sidecar_path, write_labels
+    from .export import check_target, sidecar_path, write_image, write_labels
     from .pipeline import segment_scan
     from .volume import load_brain_mask, load_scan
 
@@ -76,6 +80,9 @@ def cmd_segment(args) -> int:
         out.mkdir(exist_ok=True)
     for t in targets:
         check_target(t, args.overwrite)
+        err_path = _error_map_path(t)
+        if args.save_error_map and err_path.exists() and not args.overwrite:
+            raise OutputError(f"{err_path} exists; pass --overwrite to replace it")
 
     from .pipeline import pick_device
 
@@ -105,11 +112,8 @@ def cmd_segment(args) -> int:
         prov = res.provenance
         written = write_labels(target, res.labels, scan.affine, scan.header, prov, args.overwrite)
         if args.save_error_map:
-            err_path = target.with_name(target.name.replace(".nii", "_error.nii", 1))
-            if err_path.exists() and not args.overwrite:
-                raise OutputError(f"{err_path} exists; pass --overwrite to replace it")
-            _save_float_atomic(err_path, res.error, scan)
-            written.append(err_path)
+            written.append(write_image(_error_map_path(target), res.error, scan.affine,
+                                       args.overwrite))
         capped = prov["slices_capped"]
         msg = (f"{inp.name}: {prov['lesion_count']} lesion(s), {prov['lesion_volume_ml']:.2f} mL "
                f"-> {target}")
@@ -119,27 +123,6 @@ def cmd_segment(args) -> int:
         if args.verbose:
             print(f"  sidecar: {sidecar_path(target)}")
     return 0
-
-
-def _save_float_atomic(path: Path, data, scan) -> None:
-    import os
-    import tempfile
-
-    import nibabel as nib
-    import numpy as np
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".itermask-", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        img = nib.Nifti1Image(np.asarray(data, np.float32), scan.affine)
-        img.set_sform(scan.affine, 1)
-        img.set_qform(scan.affine, 1)
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def cmd_models(args) -> int:

@@ -16,7 +16,8 @@ import numpy as np
 
 from .errors import OutputError
 
-__all__ = ["sidecar_path", "labels_image", "write_labels", "check_target", "atomic_write_bytes"]
+__all__ = ["sidecar_path", "labels_image", "write_labels", "write_image", "check_target",
+           "atomic_write_bytes"]
 
 
 def sidecar_path(path) -> Path:
@@ -120,6 +121,26 @@ def write_labels(path, labels, affine, header=None, sidecar: dict | None = None,
         if tmp_json is not None:
             tmp_json.unlink(missing_ok=True)
     return written
+
+
+def write_image(path, data, affine, overwrite: bool = False) -> Path:
+    """Write a float32 map (e.g. the error map) on the scan's grid, atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = _tmp_in(folder, ".nii.gz" if path.name.lower().endswith(".gz") else ".nii")
+    try:
+        img = nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, np.float64))
+        img.set_sform(affine, 1)
+        img.set_qform(affine, 1)
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _json_default(obj):

@@ -19,7 +19,6 @@ Everything that moves voxels between a scan's own grid and the model's grid live
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 from nibabel.orientations import io_orientation
 from scipy import ndimage
 
+from ._hash import sha256_file
 from .core.masks import brain_mask as default_brain_mask
 from .errors import InputError
 
@@ -155,7 +155,7 @@ def load_scan(path) -> Scan:
     notes: list[str] = []
     data = _check_array(raw, path.name, notes)
     affine = _check_affine(img.affine, path.name, notes)
-    return Scan(data, affine, img.header.copy(), path, _sha256(path), notes)
+    return Scan(data, affine, img.header.copy(), path, sha256_file(path), notes)
 
 
 def scan_from_array(data, affine=None, header=None, name: str = "image") -> Scan:
@@ -183,14 +183,6 @@ def load_brain_mask(path, scan: Scan) -> np.ndarray:
     if not mask.any():
         raise InputError(f"brain mask {Path(path).name} is empty")
     return mask
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def normalise(data: np.ndarray, brain: np.ndarray, method: str) -> np.ndarray:

@@ -10,7 +10,6 @@ every load. Bundled models live in ``napari_itermask/models/bundled/<name>``; us
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .._hash import sha256_file
 from ..core.unet import PRESETS, UNet, UNetConfig
 from ..errors import ModelError
 
@@ -130,14 +130,6 @@ def new_card(name: str, modality: str, preset: str = "small", **kw) -> ModelCard
     unet = PRESETS[preset].to_dict()
     unet.pop("in_channels", None)
     return ModelCard(name=name, modality=modality, preset=preset, unet=unet, **kw)
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bundled_dir() -> Path:

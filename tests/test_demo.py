@@ -20,7 +20,7 @@ def test_demo_opens_viewer_with_sample_and_widget(make_napari_viewer, monkeypatc
     assert main(["demo", "--modality", "t1"]) == 0
     names = [layer.name for layer in viewer.layers]
     assert any("sample T1" == n for n in names) and any("ground truth" in n for n in names)
-    docks = viewer.window._dock_widgets
+    docks = viewer.window.dock_widgets
     assert any("IterMask" in name for name in docks)
-    dock = next(d for name, d in docks.items() if "IterMask" in name)
-    qtbot.waitUntil(dock.isVisible, timeout=5000)
+    inner = next(w for name, w in docks.items() if "IterMask" in name)
+    qtbot.waitUntil(inner.parent().isVisible, timeout=5000)

@@ -147,3 +147,20 @@ def test_two_process_ddp_training_with_torchrun(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "batch 2×2" in proc.stderr
     assert train.load_checkpoint(tmp_path / "masked.ckpt")["step"] == 3
+
+
+def test_init_from_a_bundle_starts_from_its_weights(tiny_data, tmp_path):
+    import torch
+
+    from napari_itermask.models import save_bundle
+    from conftest import perturbed_bundle
+
+    src = perturbed_bundle()
+    folder = save_bundle(src, tmp_path / "m")
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "masked", "--steps", "1",
+                "--batch", "2", "--lr", "1e-12", "--out", str(tmp_path / "run"),
+                "--threads", "1", "--init-from", str(folder)])
+    got = train.load_checkpoint(tmp_path / "run" / "masked.ckpt")["model"]
+    want = src.masked.state_dict()
+    assert torch.allclose(got["out.weight"], want["out.weight"], atol=1e-6)
+    assert got["out.weight"].abs().sum() > 0  # not the zero-initialised layer

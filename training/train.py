@@ -199,6 +199,14 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
         log(f"{net}: resumed at step {step}")
+    elif args.init_from and net in NETS:
+        from napari_itermask.models import load_bundle
+
+        src = load_bundle(args.init_from)
+        if src.card.preset != args.preset:
+            raise SystemExit(f"--init-from model has preset {src.card.preset}, not {args.preset}")
+        model.load_state_dict((src.first if net == "first" else src.masked).state_dict())
+        log(f"{net}: initialised from model {src.card.name} ({src.sha256[:12]})")
     if step >= steps:
         log(f"{net}: already at step {step} >= {steps}")
         return ckpt
@@ -224,7 +232,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     last_save = t0
     extra = {"net": net, "preset": args.preset, "train": train.meta, "radius": args.radius,
              "wide_mask_prob": args.wide_mask_prob, "augment": args.augment, "batch": batch,
-             "masked_guidance": not args.no_guidance,
+             "masked_guidance": not args.no_guidance, "init_from": args.init_from,
              "lr": lr, "world": world}
     while step < steps:
         cur_lr = lr_at(step, steps, lr, recipe["warmup"])
@@ -279,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ablation '-freq': the masked net gets zeros instead of x_f")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoints")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from a model bundle's weights (e.g. continue training a shipped "
+                        "model when its run folder is gone); fresh optimiser and schedule")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")

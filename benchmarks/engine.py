@@ -162,8 +162,8 @@ def main(argv=None) -> int:
     print(f"\n{len(x)} brain slices of a synthetic FLAIR volume, 128×128, batch "
           f"{args.batch_size}, cap {args.max_iter}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
-    print(f"| preset | loop | slice forwards | batch calls | wall s | iterations mean / max |"
-          f" speed-up |")
+    print("| preset | loop | slice forwards | batch calls | wall s | iterations mean / max |"
+          " speed-up |")
     print("|---|---|---|---|---|---|---|")
     for i in range(0, len(rows), 2):
         eng, nai = rows[i], rows[i + 1]

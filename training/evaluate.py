@@ -47,7 +47,6 @@ from napari_itermask.volume import load_scan, scan_from_array
 from .common import SliceSet, log, split_seeds
 
 HYPO = {"t1"}
-THRESHOLDS = np.concatenate([np.geomspace(1e-3, 100.0, 121)])
 
 
 def first_error(bundle, x: np.ndarray, brain: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -154,12 +153,10 @@ def main(argv=None) -> int:
     per_case = []
     for name, scan, gt in test_cases(args):
         job = Job.create(scan, bundle)
-        states = []
         first_state = None
         for st in job.iterate():
             if first_state is None:
                 first_state = st
-            states.append(st.iteration)
         geo, vol = job.volume.geometry, job.volume
         scores_model = {
             "itermask": job.history.last.error,

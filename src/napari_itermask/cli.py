@@ -15,7 +15,6 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError, ItermaskError, OutputError
 
-EXIT_USAGE = 2
 EXIT_ERROR = 1
 
 

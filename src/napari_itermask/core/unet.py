@@ -18,7 +18,7 @@ other slices share its batch (BatchNorm in train mode would make it depend on th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

@@ -155,13 +155,15 @@ def test_t1_lesions_darker_than_surroundings(t1_cases):
 
 
 def test_lesion_intensities_overlap_normal_tissue(flair_cases, t1_cases):
-    """A global threshold cannot separate lesions: by design the typical FLAIR
-    lesion lies between WM and GM, the typical T1 lesion between CSF and GM."""
+    """A global threshold cannot separate lesions: FLAIR lesion means run from just
+    above WM to well above GM (uniformly), T1 lesions from just below GM to near CSF."""
     fl = []
     for c in flair_cases:
         med = np.median(c.image[c.label > 0])
         fl.append(np.mean(c.image[_normal(c)] >= med))
-    assert np.mean(fl) > 0.1  # >10 % of normal brain at least as bright, on average
+    # thousands of normal voxels at least as bright as the typical lesion voxel
+    assert np.mean(fl) > 0.05
+    assert np.mean(np.array(fl) > 0.005) >= 0.5
     assert max(fl) > 0.15
     t1 = []
     for c in t1_cases:

@@ -28,9 +28,9 @@ streams derived from the seed, so a seed gives bit-identical arrays):
    Oedema and infarct replace only the parenchymal (GM + WM) part of a voxel
    (``f`` = geometric fraction x parenchymal fraction), a tumour core
    replaces everything.  The nominal lesion mean is drawn per lesion and
-   modality (see ``_FLAIR_T``, ``_T2_T``, ``_T1_U``: FLAIR from slightly above
-   WM to above GM, T2 from above WM to between GM and CSF, T1 between CSF and
-   GM), with severities skewed towards subtle lesions, so lesion intensities
+   modality (see ``_FLAIR_T``, ``_T2_T``, ``_T1_U``: FLAIR from between WM and
+   GM to well above GM, T2 from above WM to between GM and CSF, T1 between CSF and
+   GM), with severities drawn uniformly, so lesion intensities
    overlap those of normal tissue; locally it is blended with the underlying
    GM/WM pattern and kept at least 4-10 % brighter (T1: darker) than the
    parenchyma it replaces.  ``lesions[i]["contrast"]`` is that nominal mean
@@ -94,7 +94,7 @@ _TISSUE_JITTER = 0.12
 # Lesion contrast ranges (see _lesion_means).  For FLAIR and T2 the value t is
 # the lesion mean expressed as WM + t * (GM - WM); for T1 the value u is the
 # lesion mean expressed as CSF + u * (GM - CSF).
-_FLAIR_T = (0.3, 1.6)  # slightly above WM ... above GM
+_FLAIR_T = (0.3, 2.2)  # just above WM ... well above GM (1.09-1.66 x WM)
 _T2_T = (0.8, 3.5)  # above WM ... between GM and CSF
 _T1_U = (0.95, 0.15)  # just below GM ... close to CSF (severity 0 -> 1)
 
@@ -659,7 +659,7 @@ def make_case(
     lesions = []
     for i in range(n):
         k = kind if kind != "any" else ("tumour" if lrng.random() < 0.5 else "stroke")
-        severity = lrng.uniform(0.0, 1.0) ** 1.5  # skewed to subtle lesions
+        severity = lrng.uniform(0.0, 1.0)  # uniform: faint to conspicuous
         for attempt in range(10):  # redraw lesions that would leave (almost) no label
             grng = np.random.default_rng([seed, 100, i, attempt])  # this lesion's geometry
             comps, info = _tumour(grng, anat, vs) if k == "tumour" else _stroke(grng, anat, vs)

@@ -164,3 +164,74 @@ def test_init_from_a_bundle_starts_from_its_weights(tiny_data, tmp_path):
     want = src.masked.state_dict()
     assert torch.allclose(got["out.weight"], want["out.weight"], atol=1e-6)
     assert got["out.weight"].abs().sum() > 0  # not the zero-initialised layer
+
+
+def test_calibrate_writes_a_bundle_from_healthy_data_only(tiny_data, tmp_path):
+    from napari_itermask.models import load_bundle
+    from training import calibrate
+
+    run = tmp_path / "run"
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "both", "--steps", "2",
+                "--batch", "2", "--out", str(run), "--threads", "1"])
+    out = tmp_path / "bundle"
+    calibrate.main(["--run", str(run), "--val", str(tiny_data), "--name", "t", "--modality",
+                    "flair", "-o", str(out), "--max-slices", "5"])
+    card = load_bundle(out).card
+    assert card.trained and card.tau > 0 and card.threshold > 0
+    assert card.threshold_derivation["slices"] == 5
+    assert card.tau_derivation["slices"] == len(SliceSet.load(tiny_data))
+    # a set with lesion labels is refused
+    s = SliceSet.load(tiny_data)
+    s.label = np.zeros_like(s.brain)
+    s.label[0, 0, 0] = True
+    s.save(tmp_path / "lesioned.npz")
+    with pytest.raises(SystemExit, match="healthy"):
+        calibrate.main(["--run", str(run), "--val", str(tmp_path / "lesioned.npz"), "--name",
+                        "t", "--modality", "flair", "-o", str(tmp_path / "b2")])
+
+
+def _grid_bundle(seed: int, guidance: bool = True):
+    from conftest import perturbed_bundle
+
+    b = perturbed_bundle(seed=seed)
+    b.card.grid_size, b.card.pixel_size_mm, b.card.min_brain_pixels = 64, 3.75, 50
+    b.card.masked_guidance = guidance
+    return b
+
+
+def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
+    import json
+
+    from napari_itermask.models import save_bundle
+    from training import evaluate
+
+    model = save_bundle(_grid_bundle(0), tmp_path / "m")
+    nofreq = save_bundle(_grid_bundle(1, guidance=False), tmp_path / "nf")
+    for net in ("ae", "dae"):
+        train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", net, "--steps", "2",
+                    "--batch", "2", "--out", str(tmp_path / "base"), "--threads", "1"])
+    # a hand-made case: a bright ball that any intensity threshold finds exactly
+    img, lab = phantom(shape=(40, 48, 30), lesion_value=400.0)
+    aff = np.diag([3.75, 3.75, 3.75, 1.0])
+    data = tmp_path / "cases"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(img, aff), str(data / "ball.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, aff), str(data / "ball_label.nii.gz"))
+    out = tmp_path / "res"
+    evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
+                   "--data", str(data), "--baselines", str(tmp_path / "base"),
+                   "--no-freq-model", str(nofreq), "--rising-tau", "0.5", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    row = res["cases"][0]
+    methods = {"itermask", "itermask -freq", "no-iteration", "AE", "DAE", "intensity"}
+    assert methods <= set(res["thresholds"]) and methods <= set(row)
+    for m in methods:
+        assert 0.0 <= row[m]["dice"] <= 1.0 and 0.0 <= row[m]["best_dice"] <= 1.0
+    assert row["intensity"]["dice"] > 0.8 and row["intensity"]["detected"] == 1
+    assert "best_iteration_dice" in row["itermask"]
+    md = (out / "results.md").read_text()
+    assert all(f"| {m} |" in md for m in methods)
+    # the -freq slot refuses a model that was trained with x_f
+    with pytest.raises(SystemExit, match="guidance"):
+        evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
+                       "--data", str(data), "--no-freq-model", str(model), "--out", str(out)])

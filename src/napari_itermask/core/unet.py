@@ -191,7 +191,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of {self.multiple}")
-        h = self.inp(x)
+        # channels-last activations: oneDNN's convolutions run ~1.4x faster on CPUs this way
+        h = self.inp(x.contiguous(memory_format=torch.channels_last))
         hs = [h]
         for block in self.down:
             h = block(h)
@@ -199,4 +200,4 @@ class UNet(nn.Module):
         h = self.mid(h)
         for block in self.up:
             h = block(torch.cat([h, hs.pop()], dim=1))
-        return self.out(F.silu(self.out_norm(h)))
+        return self.out(F.silu(self.out_norm(h))).contiguous()

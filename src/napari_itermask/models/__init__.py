@@ -110,8 +110,9 @@ class ModelBundle:
         return self.card.weights_sha256
 
     def to(self, device) -> "ModelBundle":
-        self.first.to(device).eval()
-        self.masked.to(device).eval()
+        """Move both networks (channels-last weights, eval mode) to ``device``."""
+        for net in (self.first, self.masked):
+            net.to(device).to(memory_format=torch.channels_last).eval()
         return self
 
     @property

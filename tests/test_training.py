@@ -167,6 +167,8 @@ def test_init_from_a_bundle_starts_from_its_weights(tiny_data, tmp_path):
 
 
 def test_calibrate_writes_a_bundle_from_healthy_data_only(tiny_data, tmp_path):
+    import torch
+
     from napari_itermask.models import load_bundle
     from training import calibrate
 
@@ -180,6 +182,17 @@ def test_calibrate_writes_a_bundle_from_healthy_data_only(tiny_data, tmp_path):
     assert card.trained and card.tau > 0 and card.threshold > 0
     assert card.threshold_derivation["slices"] == 5
     assert card.tau_derivation["slices"] == len(SliceSet.load(tiny_data))
+    # the '-freq' ablation: only the masked net is retrained, f1 comes from an existing model
+    nf = tmp_path / "nofreq"
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "masked", "--steps", "2",
+                "--batch", "2", "--out", str(nf), "--threads", "1", "--no-guidance"])
+    calibrate.main(["--run", str(nf), "--val", str(tiny_data), "--name", "nf", "--modality",
+                    "flair", "-o", str(tmp_path / "nfb"), "--max-slices", "5",
+                    "--first-from", str(out)])
+    nfb = load_bundle(tmp_path / "nfb")
+    assert nfb.card.masked_guidance is False
+    for k, v in load_bundle(out).first.state_dict().items():
+        assert torch.equal(nfb.first.state_dict()[k], v)
     # a set with lesion labels is refused
     s = SliceSet.load(tiny_data)
     s.label = np.zeros_like(s.brain)

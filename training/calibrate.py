@@ -27,20 +27,32 @@ from napari_itermask.core.calibration import tau_from_masked_errors, threshold_f
 from napari_itermask.core.engine import EngineConfig, run_to_end
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.models import ModelBundle, new_card, save_bundle
+from napari_itermask.models import ModelBundle, load_bundle, new_card, save_bundle
 
 from .common import SliceSet, log
 from .train import load_checkpoint
 
 
 def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = None,
-                    half: bool = False) -> ModelBundle:
+                    half: bool = False, first_from: str | None = None) -> ModelBundle:
+    """A bundle from a run's checkpoints; ``first_from`` takes f1 from an existing model instead
+    (e.g. the '-freq' ablation, which retrains only the masked network)."""
     states, extras = {}, {}
     for net in ("first", "masked"):
+        if net == "first" and first_from:
+            src = load_bundle(first_from)
+            states[net] = src.first.state_dict()
+            extras[net] = {**src.card.training.get("first", {}),
+                           "taken_from": f"{src.card.name} ({src.sha256[:12]})"}
+            continue
         ck = load_checkpoint(run / f"{net}.ckpt")
         states[net] = ck["model"]
         extras[net] = {**json.loads(ck["extra"]), "steps": int(ck["step"])}
     preset = preset or extras["masked"]["preset"]
+    if first_from and (src.card.preset != preset
+                       or src.card.frequency_radius != float(extras["masked"]["radius"])):
+        raise SystemExit(f"--first-from {first_from}: preset or frequency radius differs from "
+                         "the run's masked network")
     meta = extras["masked"]["train"]
     card = new_card(name, modality, preset)
     card.normalisation = meta.get("normalisation", card.normalisation)
@@ -106,6 +118,8 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--tau-percentile", type=float, default=80.0)
     p.add_argument("--fpr", type=float, default=0.001, help="healthy-pixel false-positive rate")
+    p.add_argument("--first-from", metavar="MODEL",
+                   help="take the first network (f1) from this model instead of the run")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -120,7 +134,8 @@ def main(argv=None) -> int:
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("calibration takes healthy validation data only; this set has lesions")
-    bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half)
+    bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half,
+                             first_from=args.first_from)
     bundle.card.tau = calibrate_tau(bundle, val, args.tau_percentile, args.seed)
     bundle.card.tau_derivation = {
         "method": "percentile of squared error inside random training masks (masked net)",

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     thr["intensity"] = float(np.quantile(iscore[val.brain], 1 - args.fpr))
     log("thresholds from healthy validation: " + ", ".join(f"{k}={v:.4g}" for k, v in thr.items()))
     methods = list(thr)
-    per_case = []
+    per_case, panels = [], []
     for name, scan, gt in test_cases(args):
         job = Job.create(scan, bundle)
         first_state = None
@@ -210,6 +210,11 @@ def main(argv=None) -> int:
                 strata.setdefault(size_stratum(int(gt_model[k].sum())), []).append(
                     dice(pm[k], gt_model[k]))
             row[m]["size_dice"] = {k: float(np.mean(v)) for k, v in strata.items()}
+        k_show = int(np.argmax(gt_model.reshape(len(gt_model), -1).sum(1)))
+        panels.append({"case": name, "x": vol.x[k_show], "brain": vol.brain[k_show],
+                       "gt": gt_model[k_show],
+                       "pred": {m: (scores_model[m][k_show] > thr[m]) & vol.brain[k_show]
+                                for m in methods}})
         last = job.history.last
         ss = [ssim_normal(last.recon[k], vol.x[k], vol.brain[k], gt_model[k])
               for k in range(len(vol.x)) if last.status[k] != 3]
@@ -232,9 +237,75 @@ def main(argv=None) -> int:
                "cases": per_case, "test_seeds": None if args.data else split_seeds("test", args.n)}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     md = render(summary, methods)
+    figs = save_figures(out, panels, per_case, methods, args.modality)
+    if figs:
+        md += "\n" + "\n".join(f"![]({f})" for f in figs) + "\n"
     (out / "results.md").write_text(md)
     print(md)
     return 0
+
+
+def _radiological(a: np.ndarray) -> np.ndarray:
+    """Model-grid slice (i → patient right, j → anterior) in radiological display."""
+    return a.T[::-1, ::-1]
+
+
+def save_figures(out: Path, panels: list, rows: list, methods, modality: str) -> list[str]:
+    """``cases.png``: per test case the model-grid slice with most lesion, the ground truth and
+    each method's segmentation at its honest threshold; ``dice.png``: per-case 3-D Dice."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is in the training extra
+        log("matplotlib missing: no figures")
+        return []
+    gray = plt.get_cmap("gray").copy()
+    gray.set_bad("black")
+    cols = ["image", "ground truth", *methods]
+    fig, axes = plt.subplots(len(panels), len(cols), figsize=(1.7 * len(cols), 1.8 * len(panels)),
+                             squeeze=False)
+    for r, pan in enumerate(panels):
+        img = _radiological(np.where(pan["brain"], pan["x"], np.nan))
+        lo, hi = np.nanpercentile(img, [1, 99.5])
+        for c, col in enumerate(cols):
+            ax = axes[r, c]
+            ax.imshow(img, cmap=gray, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 1:
+                ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
+                           linewidths=0.8)
+            elif c > 1:
+                pred = _radiological(pan["pred"][col])
+                ax.imshow(np.ma.masked_where(~pred, pred), cmap="autumn", alpha=0.7,
+                          interpolation="nearest")
+                ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
+                           linewidths=0.5)
+                row = next(x for x in rows if x["case"] == pan["case"])
+                ax.set_xlabel(f"Dice {row[col]['dice']:.2f}", fontsize=7)
+            if r == 0:
+                ax.set_title(col, fontsize=8)
+        axes[r, 0].set_ylabel(pan["case"], fontsize=7)
+    fig.suptitle(f"{modality.upper()}: segmentations at the healthy-calibrated thresholds "
+                 "(red) and ground truth (green)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "cases.png", dpi=80)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 1.5, 3.2))
+    for i, m in enumerate(methods):
+        d = [x[m]["dice"] for x in rows]
+        ax.bar(i, np.mean(d), color="0.85", edgecolor="0.4")
+        ax.plot(np.full(len(d), i) + np.linspace(-0.2, 0.2, len(d)), d, "o", ms=3, color="C0")
+    ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+    ax.set_ylabel("3-D Dice per volume")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{modality.upper()}: mean (bar) and per-volume (dots) Dice", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "dice.png", dpi=90)
+    plt.close(fig)
+    return ["cases.png", "dice.png"]
 
 
 def _mean(rows, m, key):

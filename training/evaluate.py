@@ -108,9 +108,15 @@ def test_cases(args):
 
                 yield img.name, scan, np.asarray(nib.load(str(lab)).dataobj) > 0
         return
-    for seed in split_seeds("test", args.n):
+    for seed in case_seeds(args.split, args.n):
         case = synth.make_case(args.modality, seed, voxel_size=args.voxel_size)
         yield f"synth{seed}", scan_from_array(case.image, case.affine), case.label > 0
+
+
+def case_seeds(split: str, n: int) -> list[int]:
+    """Lesioned synthetic volumes: the test seeds, or validation seeds 100 past the healthy
+    calibration brains (so design decisions never see the calibration anatomy either)."""
+    return [s + (100 if split == "val" else 0) for s in split_seeds(split, n)]
 
 
 def best_dice(score: np.ndarray, gt: np.ndarray, thresholds) -> float:
@@ -124,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--val", required=True, help="healthy validation slices (.npz) for baselines")
     p.add_argument("--modality", required=True, choices=["flair", "t1", "t2"])
     p.add_argument("--n", type=int, default=8, help="synthetic test volumes")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="synthetic seed range: 'val' (lesioned validation brains, seeds 200100+) "
+                        "is for design decisions; 'test' only for the reported results")
     p.add_argument("--data", help="folder of test scans with *_label.nii.gz (instead of synth)")
     p.add_argument("--voxel-size", type=float, default=1.5)
     p.add_argument("--fpr", type=float, default=0.001)
@@ -234,7 +243,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"model": bundle.card.name, "model_sha256": bundle.sha256,
                "modality": args.modality, "fpr": args.fpr, "thresholds": thr,
-               "cases": per_case, "test_seeds": None if args.data else split_seeds("test", args.n)}
+               "cases": per_case, "split": None if args.data else args.split,
+               "seeds": None if args.data else case_seeds(args.split, args.n)}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     md = render(summary, methods)
     figs = save_figures(out, panels, per_case, methods, args.modality)
@@ -316,7 +326,8 @@ def _mean(rows, m, key):
 
 def render(summary: dict, methods) -> str:
     rows = summary["cases"]
-    lines = [f"### {summary['modality'].upper()} — {len(rows)} test volumes, model "
+    split = summary.get("split") or "test"
+    lines = [f"### {summary['modality'].upper()} — {len(rows)} {split} volumes, model "
              f"`{summary['model']}` ({summary['model_sha256'][:12]}), healthy FPR "
              f"{summary['fpr']}", "",
              "| method | Dice (3-D) | sens. | prec. | slice Dice | S / M / L slice Dice |"

@@ -123,6 +123,7 @@ def build_parser():
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     p.add_argument("--max-slices", type=int, default=0,
                    help="run the full loop for the threshold on at most N evenly spaced "
                         "validation slices (0 = all; faster on CPUs)")
@@ -131,6 +132,8 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("calibration takes healthy validation data only; this set has lesions")

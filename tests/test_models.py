@@ -113,3 +113,11 @@ def test_user_models_shadow_bundled(tmp_path, monkeypatch):
     listed = {m["name"]: m for m in list_models()}
     assert listed["flair"]["source"] == "user"
     assert load_bundle("flair").card.tau == b.card.tau
+
+
+def test_saved_bundle_files_get_the_usual_file_mode(tmp_path):
+    folder = save_bundle(perturbed_bundle(), tmp_path / "m")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    for name in (CARD_NAME, WEIGHTS_NAME):
+        assert (folder / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -29,6 +29,11 @@ def test_write_labels_keeps_affine_codes_and_refuses_overwrite(tmp_path, phantom
     assert int(img.header["sform_code"]) == 4 and int(img.header["qform_code"]) == 1
     assert np.array_equal(np.asarray(img.dataobj), lab)
     assert json.loads((tmp_path / "lab.json").read_text()) == {"k": 1.5}
+    # the mode a plain open() would give (not mkstemp's private 0600): colleagues can read it
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    for f in written:
+        assert f.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     before = out.read_bytes()
     with pytest.raises(OutputError, match="exists"):
         write_labels(out, lab * 0, scan.affine, scan.header, {})

@@ -75,12 +75,40 @@ def labels_image(labels: np.ndarray, affine: np.ndarray, header=None) -> nib.Nif
     return img
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide and racy in threads)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(file: int | str | Path) -> None:
+    """Give a ``mkstemp`` file (0600; a descriptor or a path) the mode a plain ``open`` would:
+    0666 minus the umask, so exported label maps and models are readable by whoever may read
+    the folder."""
+    mode = 0o666 & ~_umask()
+    if isinstance(file, int):
+        if hasattr(os, "fchmod"):
+            os.fchmod(file, mode)
+    else:
+        os.chmod(file, mode)
+
+
 def _tmp_in(folder: Path, suffix: str) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".itermask-", suffix=suffix)
     except OSError as exc:
         raise OutputError(f"cannot write into {folder}: {exc.strerror or exc}") from None
-    os.close(fd)
+    try:
+        usual_mode(fd)
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 

@@ -21,6 +21,7 @@ import torch
 from .._hash import sha256_file
 from ..core.unet import PRESETS, UNet, UNetConfig
 from ..errors import ModelError
+from ..export import usual_mode
 
 __all__ = [
     "ModelCard",
@@ -170,12 +171,14 @@ def save_bundle(bundle: ModelBundle, folder, *, overwrite: bool = False) -> Path
     os.close(fd)
     try:
         save_file(_state(bundle), tmp_w, metadata={"format": FORMAT})
+        usual_mode(tmp_w)  # safetensors writes the file anew
         bundle.card.weights_sha256 = sha256_file(tmp_w)
         if not bundle.card.version:
             from .. import __version__
 
             bundle.card.version = __version__
         fd, tmp_c = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
+        usual_mode(fd)
         with os.fdopen(fd, "w") as fh:
             json.dump(bundle.card.to_dict(), fh, indent=2)
             fh.write("\n")

@@ -121,3 +121,17 @@ def test_saved_bundle_files_get_the_usual_file_mode(tmp_path):
     plain.write_bytes(b"")
     for name in (CARD_NAME, WEIGHTS_NAME):
         assert (folder / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_bundled_models_are_trained_calibrated_and_say_what_they_are():
+    from napari_itermask.models import bundled_dir
+
+    for name in ("flair", "t1", "t2"):
+        b = load_bundle(bundled_dir() / name)
+        card = b.card
+        assert card.trained and card.preset == "small" and card.modality == name
+        assert card.tau_derivation["method"] != "uncalibrated"
+        assert card.threshold_derivation["false_positive_rate"] == 0.001
+        assert card.threshold_derivation["data"]["lesions"] is False  # healthy data only
+        assert "synthetic" in card.intended_use and "your own healthy scans" in card.intended_use
+        assert (bundled_dir() / name / WEIGHTS_NAME).stat().st_size < 5_000_000

@@ -271,8 +271,7 @@ def save_figures(out: Path, panels: list, rows: list, methods, modality: str) ->
     except ImportError:  # pragma: no cover - matplotlib is in the training extra
         log("matplotlib missing: no figures")
         return []
-    gray = plt.get_cmap("gray").copy()
-    gray.set_bad("black")
+    gray = plt.get_cmap("gray").with_extremes(bad="black")
     cols = ["image", "ground truth", *methods]
     fig, axes = plt.subplots(len(panels), len(cols), figsize=(1.7 * len(cols), 1.8 * len(panels)),
                              squeeze=False)

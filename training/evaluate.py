@@ -180,10 +180,6 @@ def main(argv=None) -> int:
             if first_state is None:
                 first_state = st
         geo, vol = job.volume.geometry, job.volume
-        if nofreq is not None:
-            job_nf = Job.create(scan, nofreq)
-            for _ in job_nf.iterate():
-                pass
         scores_model = {
             "itermask": job.history.last.error,
             "no-iteration": first_state.error,
@@ -191,7 +187,7 @@ def main(argv=None) -> int:
             **{k: baseline_error(mdl, vol.x, vol.brain) for k, mdl in baselines.items()},
         }
         if nofreq is not None:
-            scores_model["itermask -freq"] = job_nf.history.last.error
+            scores_model["itermask -freq"] = Job.create(scan, nofreq).run_all().error
         gt_model = geo.to_model(gt.astype(np.float32), order=1) > 0.5
         row = {"case": name, "lesion_ml": float(gt.sum() * scan.voxel_volume_mm3 / 1000),
                "mean_iterations": float(job.history.last.iterations[
@@ -230,8 +226,7 @@ def main(argv=None) -> int:
         row["itermask"]["ssim_normal"] = float(np.mean(ss))
         if args.rising_tau > 0:
             job2 = Job.create(scan, bundle, tau_step=args.rising_tau, max_iter=40)
-            for _ in job2.iterate():
-                pass
+            job2.run_all()
             best = 0.0
             for k in range(len(job2.history)):
                 best = max(best, dice(job2.mask_on_scan(k), gt))

@@ -253,3 +253,39 @@ def test_without_masked_guidance_f_sees_no_high_frequencies():
     seen.clear()
     list(run(x, brain, f1, Spy(), EngineConfig(tau=1.0, max_iter=3)))
     assert min(seen) > 0.0
+
+
+def test_smooth_within_averages_noise_keeps_blocks_and_never_leaks():
+    from napari_itermask.core.segmentation import smooth_within
+
+    region = np.zeros((1, G, G), bool)
+    region[0, 4:28, 4:28] = True
+    const = np.where(region, 2.0, 50.0).astype(np.float32)  # huge values outside the region
+    out = smooth_within(const, region, 1.5)
+    assert np.allclose(out[region], 2.0, atol=1e-5)  # nothing leaks in from outside
+    assert (out[~region] == 0).all()
+    spike = np.zeros((1, G, G), np.float32)
+    spike[0, 15, 15] = 10.0  # one noisy pixel
+    spike[0, 6:14, 18:26] = 4.0  # an 8 × 8 lesion-sized excess
+    s = smooth_within(spike, region, 1.0)
+    assert s[0, 15, 15] < 2.0  # the lone pixel is averaged away ...
+    assert s[0, 9:11, 21:23].min() > 3.5  # ... the block's centre keeps its level
+    assert np.array_equal(smooth_within(spike, region, 0.0), np.where(region, spike, 0))
+
+
+def test_engine_smoothing_feeds_every_decision():
+    from napari_itermask.core.segmentation import smooth_within
+
+    x, brain = make_slices()
+
+    def zeros_first(xf):
+        return torch.zeros_like(xf)
+
+    st = next(run(x, brain, zeros_first, zeros_first, EngineConfig(tau=1.0, smoothing=1.5)))
+    raw = (x ** 2) * brain
+    want = smooth_within(raw, brain, 1.5)
+    assert np.allclose(st.error, want, atol=1e-5)
+    cut = np.quantile(want[brain], 0.4)
+    assert np.array_equal(st.masks, brain & (want > cut))
+    with pytest.raises(ValueError, match="smoothing"):
+        EngineConfig(tau=1.0, smoothing=-1.0)

@@ -193,6 +193,17 @@ def test_calibrate_writes_a_bundle_from_healthy_data_only(tiny_data, tmp_path):
     assert nfb.card.masked_guidance is False
     for k, v in load_bundle(out).first.state_dict().items():
         assert torch.equal(nfb.first.state_dict()[k], v)
+    # recalibrating an existing bundle with error smoothing keeps its weights
+    calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "ts", "--modality",
+                    "flair", "-o", str(tmp_path / "smooth"), "--max-slices", "5",
+                    "--smoothing", "1.5"])
+    sm = load_bundle(tmp_path / "smooth")
+    assert sm.card.error_smoothing == 1.5 and sm.card.name == "ts"
+    assert sm.sha256 == load_bundle(out).sha256 and sm.card.threshold != card.threshold
+    assert sm.card.training["recalibrated_from"].startswith(str(out))
+    with pytest.raises(SystemExit, match="t1 model|not t1"):
+        calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "x",
+                        "--modality", "t1", "-o", str(tmp_path / "x")])
     # a set with lesion labels is refused
     s = SliceSet.load(tiny_data)
     s.label = np.zeros_like(s.brain)

@@ -27,6 +27,7 @@ from napari_itermask.core.calibration import tau_from_masked_errors, threshold_f
 from napari_itermask.core.engine import EngineConfig, run_to_end
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
+from napari_itermask.core.segmentation import smooth_within
 from napari_itermask.models import ModelBundle, load_bundle, new_card, save_bundle
 
 from .common import SliceSet, log
@@ -93,8 +94,10 @@ def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: i
                 if not bundle.card.masked_guidance:
                     xf = torch.zeros_like(xf)
                 out = bundle.masked(torch.cat([torch.where(m, eps, x), xf], 1))
-                errs.append(((x - out) ** 2).numpy())
-                masks.append(m.numpy())
+                mm = m[:, 0].numpy()
+                errs.append(smooth_within(((x - out) ** 2)[:, 0].numpy(), mm,
+                                          bundle.card.error_smoothing))
+                masks.append(mm)
     return tau_from_masked_errors(errs, masks, percentile)
 
 
@@ -102,7 +105,8 @@ def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: in
     card = bundle.card
     cfg = EngineConfig(tau=card.tau, first_unmask=card.first_unmask, stop_shrink=card.stop_shrink,
                        max_iter=card.max_iter, seed=seed, min_brain_pixels=card.min_brain_pixels,
-                       radius=card.frequency_radius, masked_guidance=card.masked_guidance)
+                       radius=card.frequency_radius, masked_guidance=card.masked_guidance,
+                       smoothing=card.error_smoothing)
     state, _ = run_to_end(val.x, val.brain, bundle.first, bundle.masked, cfg)
     thr = threshold_from_healthy(state.error, val.brain, fpr)
     return thr, state
@@ -111,7 +115,11 @@ def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: in
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="training run folder (first.ckpt, masked.ckpt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder (first.ckpt, masked.ckpt)")
+    src.add_argument("--model", metavar="MODEL",
+                     help="recalibrate an existing bundle (name or folder) instead, e.g. with "
+                          "another --smoothing; its weights are kept as they are")
     p.add_argument("--val", required=True, help="healthy validation slices (.npz)")
     p.add_argument("--name", required=True)
     p.add_argument("--modality", required=True)
@@ -120,6 +128,9 @@ def build_parser():
     p.add_argument("--fpr", type=float, default=0.001, help="healthy-pixel false-positive rate")
     p.add_argument("--first-from", metavar="MODEL",
                    help="take the first network (f1) from this model instead of the run")
+    p.add_argument("--smoothing", type=float, default=0.0, metavar="SIGMA",
+                   help="σ in model-grid pixels of the error smoothing that every decision of "
+                        "the loop and the segmentation read (0 = the paper's per-pixel error)")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -137,8 +148,22 @@ def main(argv=None) -> int:
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("calibration takes healthy validation data only; this set has lesions")
-    bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half,
-                             first_from=args.first_from)
+    if args.model:
+        if args.first_from:
+            raise SystemExit("--first-from goes with --run, not --model")
+        bundle = load_bundle(args.model)
+        if bundle.card.modality != args.modality:
+            raise SystemExit(f"--model {args.model} is a {bundle.card.modality} model, "
+                             f"not {args.modality}")
+        bundle.card.name = args.name
+        bundle.card.training = {**bundle.card.training,
+                                "recalibrated_from": f"{args.model} ({bundle.sha256[:12]})"}
+    else:
+        bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half,
+                                 first_from=args.first_from)
+    if args.smoothing < 0:
+        raise SystemExit("--smoothing must be >= 0")
+    bundle.card.error_smoothing = float(args.smoothing)
     bundle.card.tau = calibrate_tau(bundle, val, args.tau_percentile, args.seed)
     bundle.card.tau_derivation = {
         "method": "percentile of squared error inside random training masks (masked net)",

@@ -10,6 +10,9 @@ Methods (every threshold from healthy validation slices at the same false-positi
                 x_f (``train --no-guidance``), calibrated the same way; its own card threshold
   intensity     no network: the normalised intensity itself (bright for FLAIR/T2, dark for T1)
 
+Every method's score map is smoothed with the model's ``error_smoothing`` σ (0 = none, the
+paper), healthy thresholds included, so a smoothing never favours one method.
+
 Reported, per method: 3-D Dice / sensitivity / precision per volume at the honest threshold;
 per-slice Dice; Dice by lesion size (pixels at 128²: < 200, 200–800, > 800); normal-tissue
 SSIM; lesion-wise detection rate. Separately labelled *optimistic* modes: per-image best
@@ -34,6 +37,7 @@ import torch
 from napari_itermask import synth
 from napari_itermask.core.calibration import threshold_from_healthy
 from napari_itermask.core.frequency import high_pass
+from napari_itermask.core.segmentation import smooth_within
 from napari_itermask.core.metrics import (
     dice,
     lesion_detection,
@@ -150,25 +154,34 @@ def main(argv=None) -> int:
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("--val must be healthy")
+    sigma = bundle.card.error_smoothing
+
+    def smoothed(score, brain, hypo_fill=False):
+        """Every method's map gets the model's error smoothing, so the comparison stays like
+        for like (the two IterMask² loops smooth inside the engine)."""
+        out = smooth_within(score, brain, sigma)
+        return np.where(brain, out, -np.inf).astype(np.float32) if hypo_fill else out
+
     thr = {
         "itermask": bundle.card.threshold,
-        "no-iteration": threshold_from_healthy(first_error(bundle, val.x, val.brain), val.brain,
-                                               args.fpr),
+        "no-iteration": threshold_from_healthy(
+            smoothed(first_error(bundle, val.x, val.brain), val.brain), val.brain, args.fpr),
     }
     nofreq = None
     if args.no_freq_model:
         nofreq = load_bundle(args.no_freq_model)
         if nofreq.card.masked_guidance:
             raise SystemExit(f"--no-freq-model {args.no_freq_model} was trained with x_f guidance")
-        same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels")
+        same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels",
+                "error_smoothing")
         if any(getattr(nofreq.card, k) != getattr(bundle.card, k) for k in same):
             raise SystemExit("--no-freq-model must use the same model grid as --model")
         thr["itermask -freq"] = nofreq.card.threshold
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():
-        thr[kind] = threshold_from_healthy(baseline_error(model, val.x, val.brain), val.brain,
-                                           args.fpr)
-    iscore = intensity_score(val.x, val.brain, args.modality)
+        thr[kind] = threshold_from_healthy(
+            smoothed(baseline_error(model, val.x, val.brain), val.brain), val.brain, args.fpr)
+    iscore = smoothed(intensity_score(val.x, val.brain, args.modality), val.brain, True)
     thr["intensity"] = float(np.quantile(iscore[val.brain], 1 - args.fpr))
     log("thresholds from healthy validation: " + ", ".join(f"{k}={v:.4g}" for k, v in thr.items()))
     methods = list(thr)
@@ -182,9 +195,11 @@ def main(argv=None) -> int:
         geo, vol = job.volume.geometry, job.volume
         scores_model = {
             "itermask": job.history.last.error,
-            "no-iteration": first_state.error,
-            "intensity": intensity_score(vol.x, vol.brain, args.modality),
-            **{k: baseline_error(mdl, vol.x, vol.brain) for k, mdl in baselines.items()},
+            "no-iteration": first_state.error,  # smoothed by the engine like the loop's
+            "intensity": smoothed(intensity_score(vol.x, vol.brain, args.modality), vol.brain,
+                                  True),
+            **{k: smoothed(baseline_error(mdl, vol.x, vol.brain), vol.brain)
+               for k, mdl in baselines.items()},
         }
         if nofreq is not None:
             scores_model["itermask -freq"] = Job.create(scan, nofreq).run_all().error

@@ -88,6 +88,7 @@ class Job:
             radius=card.frequency_radius,
             tau_step=tau_step,
             masked_guidance=card.masked_guidance,
+            smoothing=card.error_smoothing,
         )
         return cls(scan, bundle, vol, cfg)
 

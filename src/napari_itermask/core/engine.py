@@ -16,6 +16,12 @@ Every yielded state holds, for all slices, the current mask, the full-brain erro
 ``(x − x')² · brain`` of the latest reconstruction (what the final segmentation thresholds,
 method.md §7), and that reconstruction. Each state owns its arrays (copies, a few MB per
 iteration); ``History`` keeps the masks of all iterations compactly.
+
+``smoothing`` > 0 (a project option, off in the paper): every decision reads a Gaussian-weighted
+local mean of the squared error instead of the single pixel — the first-step cut and the map
+reported in ``error`` average over the brain, the τ rule over the current mask
+(``segmentation.smooth_within``). Per-pixel noise then no longer decides which pixel of a
+lesion is unmasked; τ and the threshold must be calibrated with the same σ.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 
 from .frequency import high_pass
+from .segmentation import smooth_within
 
 __all__ = [
     "EngineConfig",
@@ -60,6 +67,7 @@ class EngineConfig:
     radius: float = 15.0
     tau_step: float | None = None  # human–AI mode: raise a stalled slice's τ instead of stopping
     masked_guidance: bool = True  # False: f gets zeros for x_f (the paper's "-freq" ablation)
+    smoothing: float = 0.0  # σ (px) of the error smoothing before each decision; 0 = the paper
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -70,6 +78,8 @@ class EngineConfig:
             raise ValueError("batch_size must be at least 1")
         if not np.isfinite(self.tau) or self.tau < 0:
             raise ValueError("tau must be a finite number >= 0")
+        if not np.isfinite(self.smoothing) or self.smoothing < 0:
+            raise ValueError("smoothing must be a finite number >= 0")
 
 
 @dataclass
@@ -168,6 +178,7 @@ def run(
     passes = 0 if resume is None else resume.forward_passes
     iters0 = iters.copy()  # the cap counts the iterations of this run (a resume starts afresh)
 
+    decide = np.zeros_like(x_np)  # the map each decision reads (smoothed within the mask)
     xf_cache: dict[int, torch.Tensor] = {}
 
     def xf_of(idx: np.ndarray) -> torch.Tensor:
@@ -202,9 +213,13 @@ def run(
                     out = f(torch.cat([x_hat, guide], dim=1))
                 passes += len(idx)
                 out = out.float()
-                e = ((x - out) ** 2) * br
+                e = (((x - out) ** 2) * br)[:, 0].cpu().numpy()
                 recon[idx] = out[:, 0].cpu().numpy()
-                error[idx] = e[:, 0].cpu().numpy()
+                error[idx] = smooth_within(e, b_np[idx], cfg.smoothing)
+                if cfg.smoothing > 0 and not (t == 1 and resume is None):
+                    decide[idx] = smooth_within(e, masks[idx], cfg.smoothing)
+                else:
+                    decide[idx] = error[idx]
             iters[active] += 1
             for i in active:
                 old = masks[i]
@@ -217,7 +232,7 @@ def run(
                     if not new.any():
                         status[i] = CONVERGED
                     continue
-                new = old & (error[i] > tau[i])
+                new = old & (decide[i] > tau[i])
                 masks[i] = new
                 n_new = int(new.sum())
                 if n_new == 0:

@@ -58,6 +58,7 @@ class ModelCard:
     frequency_radius: float = 15.0
     masked_guidance: bool = True  # False only for the "-freq" ablation (f sees no x_f)
     error: str = "squared"
+    error_smoothing: float = 0.0  # σ (model-grid px) of the error smoothing; 0 = the paper
     first_unmask: float = 0.4
     stop_shrink: float = 0.01
     max_iter: int = 20

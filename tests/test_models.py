@@ -123,6 +123,19 @@ def test_saved_bundle_files_get_the_usual_file_mode(tmp_path):
         assert (folder / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
 
 
+def test_saving_into_an_impossible_folder_is_one_clear_error_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelError, match="cannot create"):
+        save_bundle(perturbed_bundle(seed=1), blocker / "model")
+    out = save_bundle(perturbed_bundle(seed=1), tmp_path / "m")
+    before = (out / "weights.safetensors").read_bytes()
+    with pytest.raises(ModelError, match="already exists"):
+        save_bundle(perturbed_bundle(seed=2), out)
+    assert (out / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "weights.safetensors"]
+
+
 def test_bundled_models_are_trained_calibrated_and_say_what_they_are():
     from napari_itermask.models import bundled_dir
 

@@ -175,7 +175,8 @@ def main(argv=None) -> int:
         same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels",
                 "error_smoothing")
         if any(getattr(nofreq.card, k) != getattr(bundle.card, k) for k in same):
-            raise SystemExit("--no-freq-model must use the same model grid as --model")
+            raise SystemExit("--no-freq-model must use the same model grid and error smoothing "
+                             "as --model")
         thr["itermask -freq"] = nofreq.card.threshold
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():

@@ -40,7 +40,7 @@ def check_target(path, overwrite: bool = False) -> Path:
         raise OutputError(f"output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output folder {parent} is not writable")
-    _tmp_in(parent, ".probe").unlink()  # a real write: permissions can lie (root, read-only fs)
+    temp_file_in(parent, ".probe").unlink()  # a real write: permissions can lie (root, read-only fs)
     if path.is_dir():
         raise OutputError(f"output {path} is a folder")
     for p in (path, sidecar_path(path)):
@@ -100,11 +100,13 @@ def usual_mode(file: int | str | Path) -> None:
         os.chmod(file, mode)
 
 
-def _tmp_in(folder: Path, suffix: str) -> Path:
+def temp_file_in(folder: Path, suffix: str, error: type[Exception] = OutputError) -> Path:
+    """A new hidden temporary file in ``folder`` with the usual mode, for write-then-rename;
+    a folder that takes no files raises ``error`` with a one-line message."""
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".itermask-", suffix=suffix)
     except OSError as exc:
-        raise OutputError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+        raise error(f"cannot write into {folder}: {exc.strerror or exc}") from None
     try:
         usual_mode(fd)
     finally:
@@ -113,7 +115,7 @@ def _tmp_in(folder: Path, suffix: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_in(path.parent, ".tmp")
+    tmp = temp_file_in(path.parent, ".tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -127,11 +129,11 @@ def write_labels(path, labels, affine, header=None, sidecar: dict | None = None,
     path = check_target(path, overwrite)
     folder = path.parent if str(path.parent) else Path(".")
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp_img = _tmp_in(folder, suffix)
+    tmp_img = temp_file_in(folder, suffix)
     tmp_json = None
     written: list[Path] = []
     try:
-        tmp_json = _tmp_in(folder, ".json") if sidecar is not None else None
+        tmp_json = temp_file_in(folder, ".json") if sidecar is not None else None
         nib.save(labels_image(labels, affine, header), str(tmp_img))
         if tmp_json is not None:
             tmp_json.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
@@ -157,7 +159,7 @@ def write_image(path, data, affine, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise OutputError(f"{path} exists; pass --overwrite to replace it")
     folder = path.parent if str(path.parent) else Path(".")
-    tmp = _tmp_in(folder, ".nii.gz" if path.name.lower().endswith(".gz") else ".nii")
+    tmp = temp_file_in(folder, ".nii.gz" if path.name.lower().endswith(".gz") else ".nii")
     try:
         img = nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, np.float64))
         img.set_sform(affine, 1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from .._hash import sha256_file
 from ..core.unet import PRESETS, UNet, UNetConfig
 from ..errors import ModelError
-from ..export import usual_mode
+from ..export import temp_file_in, usual_mode
 
 __all__ = [
     "ModelCard",
@@ -167,27 +166,28 @@ def save_bundle(bundle: ModelBundle, folder, *, overwrite: bool = False) -> Path
     folder = Path(folder)
     if (folder / CARD_NAME).exists() and not overwrite:
         raise ModelError(f"a model already exists in {folder} (pass overwrite=True to replace it)")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_w = tempfile.mkstemp(dir=folder, suffix=".safetensors.tmp")
-    os.close(fd)
     try:
-        save_file(_state(bundle), tmp_w, metadata={"format": FORMAT})
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    tmp_w = temp_file_in(folder, ".safetensors.tmp", ModelError)
+    tmp_c = None
+    try:
+        save_file(_state(bundle), str(tmp_w), metadata={"format": FORMAT})
         usual_mode(tmp_w)  # safetensors writes the file anew
         bundle.card.weights_sha256 = sha256_file(tmp_w)
         if not bundle.card.version:
             from .. import __version__
 
             bundle.card.version = __version__
-        fd, tmp_c = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-        usual_mode(fd)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(bundle.card.to_dict(), fh, indent=2)
-            fh.write("\n")
+        tmp_c = temp_file_in(folder, ".json.tmp", ModelError)
+        tmp_c.write_text(json.dumps(bundle.card.to_dict(), indent=2) + "\n")
         os.replace(tmp_w, folder / WEIGHTS_NAME)
         os.replace(tmp_c, folder / CARD_NAME)
     finally:
-        for p in folder.glob("*.tmp"):
-            p.unlink(missing_ok=True)
+        for p in (tmp_w, tmp_c):
+            if p is not None:
+                p.unlink(missing_ok=True)
     bundle.path = folder
     return folder
 

@@ -253,6 +253,10 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
         assert 0.0 <= row[m]["dice"] <= 1.0 and 0.0 <= row[m]["best_dice"] <= 1.0
     assert row["intensity"]["dice"] > 0.8 and row["intensity"]["detected"] == 1
     assert "best_iteration_dice" in row["itermask"]
+    trace = row["itermask"]["masked_share"]
+    assert trace["lesion"][0] == 1.0 and trace["healthy"][0] == 1.0  # before iteration 1: brain
+    assert all(a >= b for a, b in zip(trace["healthy"], trace["healthy"][1:]))  # only shrinks
+    assert "still masked after iteration" in (out / "results.md").read_text()
     assert (out / "cases.png").stat().st_size > 0 and (out / "dice.png").stat().st_size > 0
     md = (out / "results.md").read_text()
     assert all(f"| {m} |" in md for m in methods)

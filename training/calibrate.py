@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
-from napari_itermask.core.engine import EngineConfig, run_to_end
+from napari_itermask.core.engine import run_to_end
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
 from napari_itermask.core.segmentation import smooth_within
 from napari_itermask.models import ModelBundle, load_bundle, new_card, save_bundle
+from napari_itermask.pipeline import engine_config
 
 from .common import SliceSet, log
 from .train import load_checkpoint
@@ -102,11 +103,7 @@ def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: i
 
 
 def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: int = 0):
-    card = bundle.card
-    cfg = EngineConfig(tau=card.tau, first_unmask=card.first_unmask, stop_shrink=card.stop_shrink,
-                       max_iter=card.max_iter, seed=seed, min_brain_pixels=card.min_brain_pixels,
-                       radius=card.frequency_radius, masked_guidance=card.masked_guidance,
-                       smoothing=card.error_smoothing)
+    cfg = engine_config(bundle.card, seed=seed)
     state, _ = run_to_end(val.x, val.brain, bundle.first, bundle.masked, cfg)
     thr = threshold_from_healthy(state.error, val.brain, fpr)
     return thr, state
@@ -145,6 +142,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not np.isfinite(args.smoothing) or args.smoothing < 0:
+        raise SystemExit("--smoothing must be a finite number >= 0")
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("calibration takes healthy validation data only; this set has lesions")
@@ -161,8 +160,6 @@ def main(argv=None) -> int:
     else:
         bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half,
                                  first_from=args.first_from)
-    if args.smoothing < 0:
-        raise SystemExit("--smoothing must be >= 0")
     bundle.card.error_smoothing = float(args.smoothing)
     bundle.card.tau = calibrate_tau(bundle, val, args.tau_percentile, args.seed)
     bundle.card.tau_derivation = {

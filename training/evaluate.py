@@ -188,11 +188,12 @@ def main(argv=None) -> int:
         raise SystemExit("--val must be healthy")
     sigma = bundle.card.error_smoothing
 
-    def smoothed(score, brain, hypo_fill=False):
+    def smoothed(score, brain, outside=0.0):
         """Every method's map gets the model's error smoothing, so the comparison stays like
-        for like (the two IterMask² loops smooth inside the engine)."""
+        for like (the two IterMask² loops smooth inside the engine); ``outside`` fills the
+        background (-inf for the intensity score, which may be negative)."""
         out = smooth_within(score, brain, sigma)
-        return np.where(brain, out, -np.inf).astype(np.float32) if hypo_fill else out
+        return out if outside == 0.0 else np.where(brain, out, np.float32(outside))
 
     thr = {
         "itermask": bundle.card.threshold,
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
     for kind, model in baselines.items():
         thr[kind] = threshold_from_healthy(
             smoothed(baseline_error(model, val.x, val.brain), val.brain), val.brain, args.fpr)
-    iscore = smoothed(intensity_score(val.x, val.brain, args.modality), val.brain, True)
+    iscore = smoothed(intensity_score(val.x, val.brain, args.modality), val.brain, -np.inf)
     thr["intensity"] = float(np.quantile(iscore[val.brain], 1 - args.fpr))
     log("thresholds from healthy validation: " + ", ".join(f"{k}={v:.4g}" for k, v in thr.items()))
     methods = list(thr)
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
             "itermask": job.history.last.error,
             "no-iteration": first_state.error,  # smoothed by the engine like the loop's
             "intensity": smoothed(intensity_score(vol.x, vol.brain, args.modality), vol.brain,
-                                  True),
+                                  -np.inf),
             **{k: smoothed(baseline_error(mdl, vol.x, vol.brain), vol.brain)
                for k, mdl in baselines.items()},
         }

@@ -27,7 +27,7 @@ from .core.segmentation import lesion_stats, remove_small
 from .models import ModelBundle
 from .volume import ModelGridVolume, Scan, to_model_grid
 
-__all__ = ["Job", "SegmentationResult", "prepare", "segment_scan", "pick_device", "provenance"]
+__all__ = ["Job", "SegmentationResult", "engine_config", "prepare", "segment_scan", "pick_device", "provenance"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -60,6 +60,25 @@ def prepare(scan: Scan, bundle: ModelBundle, brain_mask: np.ndarray | None = Non
                          normalisation=card.normalisation, brain_mask=brain_mask)
 
 
+def engine_config(card, *, tau=None, max_iter=None, first_unmask=None, seed: int = 0,
+                  batch_size: int = 32, tau_step=None) -> EngineConfig:
+    """The loop a model card describes (τ, first step, stop rule, cap, radius, guidance, error
+    smoothing); the keyword arguments override the card where given."""
+    return EngineConfig(
+        tau=float(card.tau if tau is None else tau),
+        first_unmask=float(card.first_unmask if first_unmask is None else first_unmask),
+        stop_shrink=card.stop_shrink,
+        max_iter=int(card.max_iter if max_iter is None else max_iter),
+        batch_size=batch_size,
+        seed=int(seed),
+        min_brain_pixels=card.min_brain_pixels,
+        radius=card.frequency_radius,
+        tau_step=tau_step,
+        masked_guidance=card.masked_guidance,
+        smoothing=card.error_smoothing,
+    )
+
+
 @dataclass
 class Job:
     """A scan prepared for one model, with everything needed to run and revisit the loop."""
@@ -75,21 +94,9 @@ class Job:
     def create(cls, scan: Scan, bundle: ModelBundle, *, brain_mask=None, tau=None,
                max_iter=None, first_unmask=None, seed: int = 0, batch_size: int = 32,
                tau_step=None) -> "Job":
-        card = bundle.card
         vol = prepare(scan, bundle, brain_mask)
-        cfg = EngineConfig(
-            tau=float(card.tau if tau is None else tau),
-            first_unmask=float(card.first_unmask if first_unmask is None else first_unmask),
-            stop_shrink=card.stop_shrink,
-            max_iter=int(card.max_iter if max_iter is None else max_iter),
-            batch_size=batch_size,
-            seed=int(seed),
-            min_brain_pixels=card.min_brain_pixels,
-            radius=card.frequency_radius,
-            tau_step=tau_step,
-            masked_guidance=card.masked_guidance,
-            smoothing=card.error_smoothing,
-        )
+        cfg = engine_config(bundle.card, tau=tau, max_iter=max_iter, first_unmask=first_unmask,
+                            seed=seed, batch_size=batch_size, tau_step=tau_step)
         return cls(scan, bundle, vol, cfg)
 
     def iterate(self, resume: IterationState | None = None, tau: float | None = None):

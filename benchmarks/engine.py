@@ -34,7 +34,9 @@ from napari_itermask.core.engine import (  # noqa: E402
     slice_noise,
 )
 from napari_itermask.core.frequency import high_pass  # noqa: E402
+from napari_itermask.core.segmentation import smooth_within  # noqa: E402
 from napari_itermask.models import ModelBundle, load_bundle, new_card  # noqa: E402
+from napari_itermask.pipeline import engine_config  # noqa: E402
 from napari_itermask.volume import scan_from_array, to_model_grid  # noqa: E402
 
 
@@ -50,7 +52,12 @@ class Counting(torch.nn.Module):
 
 
 def naive_loop(x, brain, f1, f, cfg: EngineConfig):
-    """Reference-style loop: the whole batch runs until every slice has converged."""
+    """Reference-style loop: the whole batch runs until every slice has converged.
+
+    Follows the card's options (guidance switch, error smoothing) so that any bundle can be
+    compared; the human–AI rising-τ mode is not part of the comparison."""
+    if cfg.tau_step:
+        raise SystemExit("the naive loop has no rising-τ mode")
     n, h, w = x.shape
     xt = torch.from_numpy(x)[:, None]
     br = torch.from_numpy(brain)[:, None]
@@ -73,20 +80,24 @@ def naive_loop(x, brain, f1, f, cfg: EngineConfig):
                     m = torch.from_numpy(masks[sl])[:, None]
                     eps = torch.stack([slice_noise(cfg.seed, i, t, (h, w))
                                        for i in range(s, min(n, s + cfg.batch_size))])[:, None]
-                    out = f(torch.cat([torch.where(m, eps, xt[sl]), xf[sl]], 1))
+                    guide = xf[sl] if cfg.masked_guidance else torch.zeros_like(xf[sl])
+                    out = f(torch.cat([torch.where(m, eps, xt[sl]), guide], 1))
                 e = (((xt[sl] - out) ** 2) * br[sl])[:, 0].numpy()
                 for j, i in enumerate(range(s, min(n, s + cfg.batch_size))):
                     if status[i] != RUNNING:
                         continue  # computed, then thrown away
-                    error[i] = e[j]
+                    error[i] = smooth_within(e[j], brain[i], cfg.smoothing)
                     iters[i] += 1
                     old = masks[i].copy()
                     if t == 1:
-                        cut = np.quantile(e[j][brain[i]], cfg.first_unmask)
-                        masks[i] = brain[i] & (e[j] > cut)
+                        cut = (np.quantile(error[i][brain[i]], cfg.first_unmask)
+                               if cfg.first_unmask > 0 else -1.0)
+                        masks[i] = brain[i] & (error[i] > cut)
                         status[i] = RUNNING if masks[i].any() else 1
                         continue
-                    new = old & (e[j] > cfg.tau)
+                    decide = (smooth_within(e[j], old, cfg.smoothing) if cfg.smoothing > 0
+                              else error[i])
+                    new = old & (decide > cfg.tau)
                     masks[i] = new
                     if not new.any() or old.sum() - new.sum() < cfg.stop_shrink * old.sum():
                         status[i] = 1
@@ -136,8 +147,7 @@ def main(argv=None) -> int:
                 out = bundle.masked(torch.cat([xt, high_pass(xt, 15.0)], 1))
             e = ((xt - out) ** 2)[torch.from_numpy(brain)[:, None]]
             tau = float(torch.quantile(e[:100_000], 0.5))
-        cfg = EngineConfig(tau=tau, max_iter=args.max_iter, batch_size=args.batch_size,
-                           min_brain_pixels=card.min_brain_pixels, radius=card.frequency_radius)
+        cfg = engine_config(card, tau=tau, max_iter=args.max_iter, batch_size=args.batch_size)
         with torch.inference_mode():  # warm-up: first calls of a shape are slow on CPU
             bundle.first.eval()(torch.zeros(2, 1, *x.shape[1:]))
             bundle.masked.eval()(torch.zeros(2, 2, *x.shape[1:]))

@@ -193,6 +193,20 @@ def test_calibrate_writes_a_bundle_from_healthy_data_only(tiny_data, tmp_path):
     assert nfb.card.masked_guidance is False
     for k, v in load_bundle(out).first.state_dict().items():
         assert torch.equal(nfb.first.state_dict()[k], v)
+    # an unguided masked net never sees x_f, so its radius need not match f1's; a guided one must
+    for guided, name in ((False, "nf25"), (True, "g25")):
+        train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "masked", "--steps",
+                    "1", "--batch", "2", "--out", str(tmp_path / name), "--threads", "1",
+                    "--radius", "25"] + ([] if guided else ["--no-guidance"]))
+    calibrate.main(["--run", str(tmp_path / "nf25"), "--val", str(tiny_data), "--name", "nf",
+                    "--modality", "flair", "-o", str(tmp_path / "nf25b"), "--max-slices", "5",
+                    "--first-from", str(out)])
+    assert load_bundle(tmp_path / "nf25b").card.frequency_radius == card.frequency_radius == 15
+    with pytest.raises(SystemExit, match="radius differs"):
+        calibrate.main(["--run", str(tmp_path / "g25"), "--val", str(tiny_data), "--name", "g",
+                        "--modality", "flair", "-o", str(tmp_path / "g25b"), "--max-slices", "5",
+                        "--first-from", str(out)])
+    assert not (tmp_path / "g25b").exists()
     # recalibrating an existing bundle with error smoothing keeps its weights
     calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "ts", "--modality",
                     "flair", "-o", str(tmp_path / "smooth"), "--max-slices", "5",

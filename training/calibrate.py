@@ -51,18 +51,22 @@ def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = No
         states[net] = ck["model"]
         extras[net] = {**json.loads(ck["extra"]), "steps": int(ck["step"])}
     preset = preset or extras["masked"]["preset"]
-    if first_from and (src.card.preset != preset
-                       or src.card.frequency_radius != float(extras["masked"]["radius"])):
-        raise SystemExit(f"--first-from {first_from}: preset or frequency radius differs from "
-                         "the run's masked network")
+    guided = bool(extras["masked"].get("masked_guidance", True))
+    radius = float(extras["masked"]["radius"])
+    if first_from:
+        # an unguided masked net never sees x_f: only f1's radius matters then
+        if src.card.preset != preset or (guided and src.card.frequency_radius != radius):
+            raise SystemExit(f"--first-from {first_from}: preset or frequency radius differs "
+                             "from the run's masked network")
+        radius = src.card.frequency_radius
     meta = extras["masked"]["train"]
     card = new_card(name, modality, preset)
     card.normalisation = meta.get("normalisation", card.normalisation)
     card.grid_size = int(meta.get("grid", card.grid_size))
     card.pixel_size_mm = float(meta.get("pixel_size_mm", card.pixel_size_mm))
     card.min_brain_pixels = int(meta.get("min_brain_pixels", card.min_brain_pixels))
-    card.frequency_radius = float(extras["masked"]["radius"])
-    card.masked_guidance = bool(extras["masked"].get("masked_guidance", True))
+    card.frequency_radius = radius
+    card.masked_guidance = guided
     card.trained = True
     card.training = {
         "data": meta,

@@ -27,7 +27,8 @@ from .core.segmentation import lesion_stats, remove_small
 from .models import ModelBundle
 from .volume import ModelGridVolume, Scan, to_model_grid
 
-__all__ = ["Job", "SegmentationResult", "engine_config", "prepare", "segment_scan", "pick_device", "provenance"]
+__all__ = ["Job", "SegmentationResult", "engine_config", "prepare", "segment_scan", "pick_device",
+           "provenance"]
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -236,3 +236,36 @@ def test_write_case_round_trip(tmp_path):
     assert int(img.header["sform_code"]) in (1, 4) and int(img.header["qform_code"]) in (1, 4)
     p2, _ = synth.write_case(c, tmp_path, stem="case")
     assert p2.name == "case_t2.nii.gz"
+
+
+def test_skull_strip_leftover_sits_outside_the_brain_and_changes_nothing_else():
+    clean = synth.make_case("flair", 3, voxel_size=VS)
+    dirty = synth.make_case("flair", 3, voxel_size=VS, leftover=True)
+    again = synth.make_case("flair", 3, voxel_size=VS, leftover=True)
+    assert dirty.image.tobytes() == again.image.tobytes()  # deterministic
+    assert np.array_equal(dirty.brain, clean.brain)
+    assert np.array_equal(dirty.label, clean.label) and dirty.lesions == clean.lesions
+    rim = (dirty.image > 0) & ~dirty.brain
+    assert rim.sum() > 50  # there is a leftover, and only just outside the brain
+    near = ndimage.binary_dilation(clean.brain, iterations=int(np.ceil(6.0 / VS)) + 1)
+    assert not np.any(rim & ~near)
+    # deep inside the brain (past the blur's reach) the image is the clean one
+    deep = ndimage.binary_erosion(clean.brain, iterations=2)
+    assert np.array_equal(dirty.image[deep], clean.image[deep])
+    # tissue-like intensity, not a constant
+    wm = np.median(clean.image[clean.brain])
+    assert 0.2 * wm < np.median(dirty.image[rim]) < 3.0 * wm
+
+
+def test_leftover_rim_is_a_partial_shell_in_2d_and_3d():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 20**2
+    rim = synth.leftover_rim(disc, rng, depth_vox=3.0, coverage=0.3)
+    shell = ~disc & ndimage.binary_dilation(disc, iterations=3)
+    assert not np.any(rim & disc) and rim.sum() > 10
+    assert 0.15 < rim.sum() / shell.sum() < 0.5
+    ball = np.zeros((24, 24, 24), bool)
+    ball[6:18, 6:18, 6:18] = True
+    assert synth.leftover_rim(ball, rng, depth_vox=2.0, coverage=0.5).any()
+    assert not synth.leftover_rim(np.zeros((8, 8), bool), rng, depth_vox=2.0, coverage=0.5).any()

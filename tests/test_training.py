@@ -89,6 +89,28 @@ def test_no_guidance_ablation_is_recorded(tiny_data, tmp_path):
     assert extra["masked_guidance"] is False
 
 
+def test_leftover_augmentation_adds_a_rim_to_image_and_mask(tiny_data, tmp_path):
+    data = SliceSet.load(tiny_data)
+    sampler = train.MaskSampler(size=data.x.shape[-1])
+    plain = train.Batcher(data, "masked", sampler, 15.0, seed=0)
+    aug = train.Batcher(data, "masked", sampler, 15.0, seed=0, leftover_prob=1.0)
+    x, brain = data.x[:8], data.brain[:8]
+    xa, ba = aug._leftover(x, brain)
+    assert np.array_equal(x, data.x[:8]) and np.array_equal(brain, data.brain[:8])  # copies
+    grown = ba & ~brain
+    assert grown.any() and np.array_equal(ba & brain, brain)
+    assert np.array_equal(xa[brain], x[brain])  # the brain itself is untouched
+    assert np.all(xa[grown] > -3.0)  # the rim is tissue, not background
+    assert plain.leftover_prob == 0.0
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "masked", "--steps", "2",
+                "--batch", "2", "--out", str(tmp_path), "--threads", "1",
+                "--leftover-prob", "0.5"])
+    import json
+
+    extra = json.loads(train.load_checkpoint(tmp_path / "masked.ckpt")["extra"])
+    assert extra["leftover_prob"] == 0.5
+
+
 def test_masked_and_baseline_nets_train(tiny_data, tmp_path):
     for net in ("masked", "dae", "ae"):
         train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", net, "--steps", "3",
@@ -278,3 +300,26 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="guidance"):
         evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
                        "--data", str(data), "--no-freq-model", str(model), "--out", str(out)])
+
+
+def test_evaluate_can_give_validation_cases_skull_strip_leftovers():
+    import argparse
+
+    from training import evaluate
+
+    def first(leftover):
+        ns = argparse.Namespace(data=None, split="val", n=1, modality="flair", voxel_size=3.0,
+                                leftover=leftover)
+        return next(evaluate.test_cases(ns))
+
+    name, clean, gt = first(False)
+    name2, dirty, gt2 = first(True)
+    assert name == name2 and np.array_equal(gt, gt2)
+    assert (dirty.data > 0).sum() > (clean.data > 0).sum()
+    md = evaluate.render({"modality": "flair", "model": "m", "model_sha256": "0" * 64,
+                          "fpr": 0.001, "split": "val", "leftover": True, "cases": [
+                              {"mean_iterations": 1.0, "itermask": {
+                                  "dice": 0.5, "sens": 0.5, "prec": 0.5, "slice_dice": 0.5,
+                                  "size_dice": {}, "detected": 1, "lesions": 1,
+                                  "best_dice": 0.5, "ssim_normal": 0.9}}]}, ["itermask"])
+    assert "1 val volumes with skull-strip leftovers," in md.splitlines()[0]

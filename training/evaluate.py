@@ -113,7 +113,8 @@ def test_cases(args):
                 yield img.name, scan, np.asarray(nib.load(str(lab)).dataobj) > 0
         return
     for seed in case_seeds(args.split, args.n):
-        case = synth.make_case(args.modality, seed, voxel_size=args.voxel_size)
+        case = synth.make_case(args.modality, seed, voxel_size=args.voxel_size,
+                               leftover=args.leftover)
         yield f"synth{seed}", scan_from_array(case.image, case.affine), case.label > 0
 
 
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
                         "is for design decisions; 'test' only for the reported results")
     p.add_argument("--data", help="folder of test scans with *_label.nii.gz (instead of synth)")
     p.add_argument("--voxel-size", type=float, default=1.5)
+    p.add_argument("--leftover", action="store_true",
+                   help="synthetic cases keep skull-strip leftovers (robustness check)")
     p.add_argument("--fpr", type=float, default=0.001)
     p.add_argument("--rising-tau", type=float, default=0.0,
                    help="τ step for the optimistic best-iteration mode (0 = off)")
@@ -289,7 +292,8 @@ def main(argv=None) -> int:
     summary = {"model": bundle.card.name, "model_sha256": bundle.sha256,
                "modality": args.modality, "fpr": args.fpr, "thresholds": thr,
                "cases": per_case, "split": None if args.data else args.split,
-               "seeds": None if args.data else case_seeds(args.split, args.n)}
+               "seeds": None if args.data else case_seeds(args.split, args.n),
+               "leftover": bool(args.leftover and not args.data)}
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     md = render(summary, methods)
     figs = save_figures(out, panels, per_case, methods, args.modality)
@@ -371,7 +375,8 @@ def _mean(rows, m, key):
 def render(summary: dict, methods) -> str:
     rows = summary["cases"]
     split = summary.get("split") or "test"
-    lines = [f"### {summary['modality'].upper()} — {len(rows)} {split} volumes, model "
+    extra = " with skull-strip leftovers" if summary.get("leftover") else ""
+    lines = [f"### {summary['modality'].upper()} — {len(rows)} {split} volumes{extra}, model "
              f"`{summary['model']}` ({summary['model_sha256'][:12]}), healthy FPR "
              f"{summary['fpr']}", "",
              "| method | Dice (3-D) | sens. | prec. | slice Dice | S / M / L slice Dice |"

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
+from napari_itermask import synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters
 
 from .common import SliceSet, log
@@ -61,11 +62,28 @@ class Batcher:
     """Draws training batches: slices, their x_f, and (for the masked net) masked inputs."""
 
     def __init__(self, data: SliceSet, net: str, sampler: MaskSampler, radius: float,
-                 seed: int, augment: bool = False, guidance: bool = True):
+                 seed: int, augment: bool = False, guidance: bool = True,
+                 leftover_prob: float = 0.0):
         self.data, self.net, self.sampler, self.radius = data, net, sampler, radius
         self.guidance = guidance
         self.rng = np.random.default_rng(seed)
         self.augment = augment
+        self.leftover_prob = leftover_prob
+
+    def _leftover(self, x: np.ndarray, brain: np.ndarray):
+        """Skull-strip leftovers: on a share of the slices, a patchy rim just outside the brain
+        gets a tissue-like intensity (normalised units: from CSF-dark to brighter than GM) and
+        joins the brain mask, as tissue a loose skull strip keeps would at inference."""
+        x, brain = x.copy(), brain.copy()
+        for i in range(len(x)):
+            if self.rng.random() >= self.leftover_prob:
+                continue
+            rim = synth.leftover_rim(brain[i], self.rng, depth_vox=self.rng.uniform(1.0, 3.5),
+                                     coverage=self.rng.uniform(0.1, 0.5))
+            level = self.rng.uniform(-1.5, 3.5)
+            x[i][rim] = level + 0.15 * self.rng.standard_normal(int(rim.sum()))
+            brain[i] |= rim
+        return x, brain
 
     def _augment(self, x: np.ndarray, brain: np.ndarray) -> np.ndarray:
         # random gamma and contrast on the brain's normalised intensities ([-3, 3] ↔ [0, 1])
@@ -81,6 +99,8 @@ class Batcher:
         idx = self.rng.integers(0, len(self.data), size=batch)
         x = self.data.x[idx]
         brain = self.data.brain[idx]
+        if self.leftover_prob > 0:
+            x, brain = self._leftover(x, brain)
         if self.augment:
             x = self._augment(x, brain)
         xt = torch.from_numpy(x)[:, None]
@@ -219,7 +239,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = MaskSampler(size=train.x.shape[-1], wide_prob=args.wide_mask_prob)
     batcher = Batcher(train, net, sampler, args.radius, seed=args.seed * 7919 + step + 104729 * rank,
-                      augment=args.augment, guidance=not args.no_guidance)
+                      augment=args.augment, guidance=not args.no_guidance,
+                      leftover_prob=args.leftover_prob)
     log_path = out / f"{net}_log.csv"
     new_log = not log_path.exists() or step == 0
     logf = open(log_path, "w" if new_log else "a", newline="")
@@ -233,7 +254,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     t0 = time.time()
     last_save = t0
     extra = {"net": net, "preset": args.preset, "train": train.meta, "radius": args.radius,
-             "wide_mask_prob": args.wide_mask_prob, "augment": args.augment, "batch": batch,
+             "wide_mask_prob": args.wide_mask_prob, "augment": args.augment,
+             "leftover_prob": args.leftover_prob, "batch": batch,
              "masked_guidance": not args.no_guidance, "init_from": args.init_from,
              "lr": lr, "world": world}
     while step < steps:
@@ -286,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide-mask-prob", type=float, default=0.5,
                    help="share of training masks drawn inference-sized (0 = paper masks only)")
     p.add_argument("--augment", action="store_true", help="random gamma on intensities")
+    p.add_argument("--leftover-prob", type=float, default=0.0, metavar="P",
+                   help="share of slices given a skull-strip leftover rim (augmentation)")
     p.add_argument("--no-guidance", action="store_true",
                    help="ablation '-freq': the masked net gets zeros instead of x_f")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves)")

@@ -35,7 +35,11 @@ streams derived from the seed, so a seed gives bit-identical arrays):
    GM/WM pattern and kept at least 4-10 % brighter (T1: darker) than the
    parenchyma it replaces.  ``lesions[i]["contrast"]`` is that nominal mean
    divided by the WM mean.
-4. Slight Gaussian blur, a smooth multiplicative bias field (+-10-20 %) and
+4. Optional **skull-strip leftover** (``leftover=True``, stream ``[seed, 300]``):
+   patches of a thin shell just outside the brain (dura, scalp fat, marrow that a
+   loose skull strip keeps) with their own intensity, 0.5-1.8 x the WM mean.  They
+   are part of the image's non-zero region but not of ``brain`` and never lesion.
+5. Slight Gaussian blur, a smooth multiplicative bias field (+-10-20 %) and
    Rician noise (2-5 % of the WM mean).  Background is exactly 0; every brain
    voxel is strictly positive.
 
@@ -68,6 +72,7 @@ __all__ = [
     "template_dir",
     "make_case",
     "make_healthy",
+    "leftover_rim",
     "to_nifti",
     "write_case",
 ]
@@ -610,12 +615,15 @@ def make_case(
     n_lesions: int | tuple[int, int] = (1, 3),
     kind: str = "any",
     voxel_size: float = 1.5,
+    leftover: bool = False,
 ) -> SynthCase:
     """Generate one synthetic skull-stripped brain MRI with lesions.
 
     ``n_lesions`` is a count or an inclusive ``(min, max)`` range (0 gives a
     healthy brain); ``kind`` is ``"tumour"``, ``"stroke"`` or ``"any"``.  The
     same seed gives the same anatomy and lesion geometry for every modality.
+    ``leftover=True`` adds skull-strip leftovers outside ``brain`` (step 4 above);
+    everything else about the case stays the same.
     """
     modality, kind, seed, vs = _check(modality, kind, seed, voxel_size)
     mi = MODALITIES.index(modality)
@@ -740,6 +748,15 @@ def make_case(
     # ---- acquisition: blur, bias, Rician noise ---------------------------
     par += cs
     del cs
+    support = anat.brain
+    if leftover:
+        orng = np.random.default_rng([seed, 300])
+        # at least one voxel deep, however coarse the grid
+        rim = leftover_rim(anat.brain, orng, depth_vox=max(1.0, orng.uniform(2.0, 6.0) / vs),
+                           coverage=orng.uniform(0.15, 0.5))
+        tex = _fine_noise(orng, shape, 1.0)
+        par[rim] = np.float32(orng.uniform(0.5, 1.8) * mu["wm"]) * (1.0 + 0.08 * tex[rim])
+        support = anat.brain | rim
     img = ndimage.gaussian_filter(par, blur_mm / vs, mode="constant")
     del par
     bias = _smooth_fields(irng, shape, 60.0 / vs, 1)[0]
@@ -755,7 +772,7 @@ def make_case(
     img = np.sqrt(n1 * n1 + n2 * n2)
     del n1, n2
     np.maximum(img, np.float32(_RICIAN_FLOOR * mu["wm"]), out=img)
-    img[~anat.brain] = 0.0
+    img[~support] = 0.0
 
     return SynthCase(
         image=img.astype(np.float32, copy=False),
@@ -768,9 +785,28 @@ def make_case(
     )
 
 
-def make_healthy(modality: str, seed: int, *, voxel_size: float = 1.5) -> SynthCase:
+def leftover_rim(brain: np.ndarray, rng: np.random.Generator, *, depth_vox: float,
+                 coverage: float) -> np.ndarray:
+    """Where a loose skull strip leaves tissue behind: voxels outside ``brain`` (2-D or 3-D)
+    within ``depth_vox`` of its surface, on smooth random patches covering about ``coverage``
+    of that shell.  Used by ``make_case(leftover=True)`` and by training augmentation."""
+    brain = np.asarray(brain, bool)
+    if not brain.any() or depth_vox <= 0 or coverage <= 0:
+        return np.zeros_like(brain)
+    dist = ndimage.distance_transform_edt(~brain)
+    shell = (dist > 0) & (dist <= depth_vox)
+    if not shell.any():
+        return shell
+    extent = np.ptp(np.argwhere(brain), axis=0).max() + 1
+    field = _fine_noise(rng, brain.shape, max(1.0, extent / 10.0))
+    cut = np.quantile(field[shell], 1.0 - min(1.0, coverage))
+    return shell & (field >= cut)
+
+
+def make_healthy(modality: str, seed: int, *, voxel_size: float = 1.5,
+                 leftover: bool = False) -> SynthCase:
     """A lesion-free case (same anatomy as ``make_case`` with that seed)."""
-    return make_case(modality, seed, n_lesions=0, voxel_size=voxel_size)
+    return make_case(modality, seed, n_lesions=0, voxel_size=voxel_size, leftover=leftover)
 
 
 def to_nifti(case: SynthCase) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:

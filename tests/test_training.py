@@ -280,10 +280,12 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     out = tmp_path / "res"
     evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
                    "--data", str(data), "--baselines", str(tmp_path / "base"),
-                   "--no-freq-model", str(nofreq), "--rising-tau", "0.5", "--out", str(out)])
+                   "--no-freq-model", str(nofreq), "--variant", f"second copy={model}",
+                   "--rising-tau", "0.5", "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
     row = res["cases"][0]
-    methods = {"itermask", "itermask -freq", "no-iteration", "AE", "DAE", "intensity"}
+    methods = {"itermask", "itermask -freq", "second copy", "no-iteration", "AE", "DAE",
+               "intensity"}
     assert methods <= set(res["thresholds"]) and methods <= set(row)
     for m in methods:
         assert 0.0 <= row[m]["dice"] <= 1.0 and 0.0 <= row[m]["best_dice"] <= 1.0
@@ -296,6 +298,12 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     assert (out / "cases.png").stat().st_size > 0 and (out / "dice.png").stat().st_size > 0
     md = (out / "results.md").read_text()
     assert all(f"| {m} |" in md for m in methods)
+    # a variant is just another bundle on the same cases: the same model scores the same
+    assert row["second copy"] == {k: v for k, v in row["itermask"].items()
+                                  if k in row["second copy"]}
+    with pytest.raises(SystemExit, match="LABEL=MODEL"):
+        evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
+                       "--data", str(data), "--variant", str(model), "--out", str(out)])
     # the -freq slot refuses a model that was trained with x_f
     with pytest.raises(SystemExit, match="guidance"):
         evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",

@@ -8,6 +8,8 @@ Methods (every threshold from healthy validation slices at the same false-positi
   no-iteration  ablation: the first network's error only, (x − f1(x_f))² ("-spat" in the paper)
   itermask -freq  ablation (``--no-freq-model``): a bundle whose masked net was trained without
                 x_f (``train --no-guidance``), calibrated the same way; its own card threshold
+  LABEL         (``--variant LABEL=MODEL``, repeatable) any other bundle on the same cases, e.g.
+                the x_f-guided model where the shipped one is unguided; its own card threshold
   intensity     no network: the normalised intensity itself (bright for FLAIR/T2, dark for T1)
 
 Every method's score map is smoothed with the model's ``error_smoothing`` σ (0 = none, the
@@ -180,6 +182,10 @@ def main(argv=None) -> int:
     p.add_argument("--baselines", help="run folder with ae.ckpt / dae.ckpt (train --net ae|dae)")
     p.add_argument("--no-freq-model", metavar="MODEL",
                    help="bundle trained with --no-guidance: the '-freq' ablation")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=MODEL",
+                   help="another IterMask² bundle run on the same cases under its own label and "
+                        "card threshold (e.g. the x_f-guided model where the shipped one is "
+                        "not); repeatable")
     p.add_argument("--out", required=True, help="folder for results.json and results.md")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
@@ -203,17 +209,22 @@ def main(argv=None) -> int:
         "no-iteration": threshold_from_healthy(
             smoothed(first_error(bundle, val.x, val.brain), val.brain), val.brain, args.fpr),
     }
-    nofreq = None
+    variants = {}
     if args.no_freq_model:
-        nofreq = load_bundle(args.no_freq_model)
-        if nofreq.card.masked_guidance:
+        variants["itermask -freq"] = load_bundle(args.no_freq_model)
+        if variants["itermask -freq"].card.masked_guidance:
             raise SystemExit(f"--no-freq-model {args.no_freq_model} was trained with x_f guidance")
-        same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels",
-                "error_smoothing")
-        if any(getattr(nofreq.card, k) != getattr(bundle.card, k) for k in same):
-            raise SystemExit("--no-freq-model must use the same model grid and error smoothing "
-                             "as --model")
-        thr["itermask -freq"] = nofreq.card.threshold
+    for spec in args.variant:
+        label, sep, model = spec.partition("=")
+        if not sep or not label or not model or label in thr or label in variants:
+            raise SystemExit(f"--variant wants a new LABEL=MODEL, got {spec!r}")
+        variants[label] = load_bundle(model)
+    same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels", "error_smoothing")
+    for label, other in variants.items():
+        if any(getattr(other.card, k) != getattr(bundle.card, k) for k in same):
+            raise SystemExit(f"{label}: the model must use the same model grid and error "
+                             "smoothing as --model")
+        thr[label] = other.card.threshold
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():
         thr[kind] = threshold_from_healthy(
@@ -238,8 +249,8 @@ def main(argv=None) -> int:
             **{k: smoothed(baseline_error(mdl, vol.x, vol.brain), vol.brain)
                for k, mdl in baselines.items()},
         }
-        if nofreq is not None:
-            scores_model["itermask -freq"] = Job.create(scan, nofreq).run_all().error
+        for label, other in variants.items():
+            scores_model[label] = Job.create(scan, other).run_all().error
         gt_model = geo.to_model(gt.astype(np.float32), order=1) > 0.5
         row = {"case": name, "lesion_ml": float(gt.sum() * scan.voxel_volume_mm3 / 1000),
                "mean_iterations": float(job.history.last.iterations[

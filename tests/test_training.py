@@ -301,9 +301,10 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     # a variant is just another bundle on the same cases: the same model scores the same
     assert row["second copy"] == {k: v for k, v in row["itermask"].items()
                                   if k in row["second copy"]}
-    with pytest.raises(SystemExit, match="LABEL=MODEL"):
-        evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
-                       "--data", str(data), "--variant", str(model), "--out", str(out)])
+    for bad in (str(model), f"DAE={model}"):  # no label; a label another method uses
+        with pytest.raises(SystemExit, match="LABEL=MODEL"):
+            evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality",
+                           "flair", "--data", str(data), "--variant", bad, "--out", str(out)])
     # the -freq slot refuses a model that was trained with x_f
     with pytest.raises(SystemExit, match="guidance"):
         evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",

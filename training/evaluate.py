@@ -216,7 +216,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"--no-freq-model {args.no_freq_model} was trained with x_f guidance")
     for spec in args.variant:
         label, sep, model = spec.partition("=")
-        if not sep or not label or not model or label in thr or label in variants:
+        taken = {*thr, *variants, "AE", "DAE", "intensity"}  # every other method's label
+        if not sep or not label or not model or label in taken:
             raise SystemExit(f"--variant wants a new LABEL=MODEL, got {spec!r}")
         variants[label] = load_bundle(model)
     same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels", "error_smoothing")

@@ -8,6 +8,7 @@ import pytest
 
 from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
 from napari_itermask.core.metrics import (
+    best_threshold_dice,
     dice,
     lesion_detection,
     precision,
@@ -153,6 +154,29 @@ def test_metrics_on_hand_made_cases():
     assert ssim_normal(noisy, x, brain, np.zeros_like(brain)) < 0.8
 
 
+def test_best_threshold_dice_is_exact():
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        score = rng.integers(0, 6, size=(9, 11)).astype(np.float32)  # many ties
+        gt = rng.random(score.shape) < 0.3
+        region = rng.random(score.shape) < 0.8 if trial % 2 else None
+        inside = np.ones_like(gt) if region is None else region
+        cuts = np.r_[np.unique(score[inside]) - 0.5, score.max() + 1]
+        brute = max(dice((score > t) & inside, gt) for t in cuts)
+        best, t = best_threshold_dice(score, gt, region)
+        assert best == pytest.approx(brute)
+        assert dice((score > t) & inside, gt) == pytest.approx(best)
+    # a lesion of 0.1 % of the volume (a small lesion in a brain): a sweep over quantiles
+    # 0.5–0.9999 in 200 steps, as the harness had before, misses its cut; the exact sweep finds it
+    gt = np.zeros((40, 100, 100), bool)
+    gt[20, 40:60, 40:60] = True  # 400 of 400,000 voxels
+    score = rng.normal(size=gt.shape) + 12.0 * gt  # separable: the best cut has Dice 1
+    best, t = best_threshold_dice(score, gt)
+    old = max(dice(score > c, gt) for c in np.quantile(score, np.linspace(0.5, 0.9999, 200)))
+    assert best == pytest.approx(1.0) and old < 0.6
+    assert best_threshold_dice(score, np.zeros_like(gt)) == (1.0, pytest.approx(score.max()))
+
+
 def test_two_process_ddp_training_with_torchrun(tiny_data, tmp_path):
     import os
     import subprocess
@@ -289,6 +313,8 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     assert methods <= set(res["thresholds"]) and methods <= set(row)
     for m in methods:
         assert 0.0 <= row[m]["dice"] <= 1.0 and 0.0 <= row[m]["best_dice"] <= 1.0
+        # the oracle sweeps every threshold, the honest one included
+        assert row[m]["best_dice"] >= row[m]["dice"] - 1e-12
     assert row["intensity"]["dice"] > 0.8 and row["intensity"]["detected"] == 1
     assert "best_iteration_dice" in row["itermask"]
     trace = row["itermask"]["masked_share"]

@@ -41,6 +41,7 @@ from napari_itermask.core.calibration import threshold_from_healthy
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.segmentation import smooth_within
 from napari_itermask.core.metrics import (
+    best_threshold_dice,
     dice,
     lesion_detection,
     precision,
@@ -158,10 +159,6 @@ def trace_line(rows) -> str | None:
             "at the end: " + ", ".join(cells) + ".")
 
 
-def best_dice(score: np.ndarray, gt: np.ndarray, thresholds) -> float:
-    return max(dice(score > t, gt) for t in thresholds)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,8 +265,8 @@ def main(argv=None) -> int:
                       "prec": precision(pred, gt)}
             det, tot = lesion_detection(pred, gt)
             row[m]["detected"], row[m]["lesions"] = det, tot
-            cand = np.quantile(s_scan[vol.scan_brain], np.linspace(0.5, 0.9999, 200))
-            row[m]["best_dice"] = best_dice(s_scan, gt, cand)
+            row[m]["best_dice"], row[m]["best_threshold"] = best_threshold_dice(
+                s_scan, gt, vol.scan_brain)
             # per-slice (model grid) Dice on slices with lesion, and size strata
             pm = (sm > thr[m]) & vol.brain
             sl = [k for k in range(len(gt_model)) if gt_model[k].any()]

@@ -18,6 +18,7 @@ __all__ = [
     "size_stratum",
     "SIZE_BINS",
     "lesion_detection",
+    "best_threshold_dice",
 ]
 
 SIZE_BINS = (200, 800)  # pixels at 128² (small < 200 ≤ medium ≤ 800 < large)
@@ -36,6 +37,45 @@ def dice(pred, gt) -> float:
     tp, fp, fn = confusion(pred, gt)
     denom = 2 * tp + fp + fn
     return 1.0 if denom == 0 else 2.0 * tp / denom
+
+
+def best_threshold_dice(score, gt, region=None) -> tuple[float, float]:
+    """Best Dice of ``score > t`` over *every* threshold t, and one t that reaches it.
+
+    The per-image oracle of the paper's grey cells (method.md §7), computed exactly: the
+    scores inside ``region`` (default: everywhere) are sorted once and the Dice of each distinct
+    cut follows from cumulative true-positive counts, so no lesion is too small for the sweep.
+    Ground truth outside ``region`` counts as missed. The empty prediction (t at or above the
+    maximum score) is one of the candidates; Dice follows ``dice``'s conventions.
+    """
+    score = np.asarray(score)
+    gt = np.asarray(gt, bool)
+    if score.shape != gt.shape:
+        raise ValueError(f"score {score.shape} and ground truth {gt.shape} differ in shape")
+    inside = np.ones(gt.shape, bool) if region is None else np.asarray(region, bool)
+    s = score[inside].astype(np.float64)
+    g = gt[inside]
+    if np.isnan(s).any():
+        raise ValueError("score has NaN inside the region")
+    n_gt = int(np.count_nonzero(gt))
+    top = float(s.max()) if s.size else 0.0
+    best, best_t = (1.0 if n_gt == 0 else 0.0), top  # the empty prediction
+    if s.size == 0 or n_gt == 0:
+        return best, best_t
+    order = np.argsort(-s, kind="stable")
+    s_sorted, g_sorted = s[order], g[order]
+    tp = np.cumsum(g_sorted)
+    k = np.arange(1, s.size + 1)
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # end of each run of tied scores
+    d = np.where(last, 2.0 * tp / (k + n_gt), -1.0)
+    i = int(np.argmax(d))
+    if d[i] > best:
+        # the largest number below this score in the score's own precision: the cut keeps every
+        # score from this one up and drops the next lower one, however close
+        dt = score.dtype if np.issubdtype(score.dtype, np.floating) else np.dtype(np.float64)
+        t = np.nextafter(dt.type(s_sorted[i]), dt.type(-np.inf))
+        best, best_t = float(d[i]), float(t)
+    return best, best_t
 
 
 def sensitivity(pred, gt) -> float:

@@ -34,7 +34,7 @@ from napari_itermask.core.engine import (  # noqa: E402
     slice_noise,
 )
 from napari_itermask.core.frequency import high_pass  # noqa: E402
-from napari_itermask.core.segmentation import smooth_within  # noqa: E402
+from napari_itermask.core.segmentation import inner_region, smooth_within  # noqa: E402
 from napari_itermask.models import ModelBundle, load_bundle, new_card  # noqa: E402
 from napari_itermask.pipeline import engine_config  # noqa: E402
 from napari_itermask.volume import scan_from_array, to_model_grid  # noqa: E402
@@ -54,7 +54,7 @@ class Counting(torch.nn.Module):
 def naive_loop(x, brain, f1, f, cfg: EngineConfig):
     """Reference-style loop: the whole batch runs until every slice has converged.
 
-    Follows the card's options (guidance switch, error smoothing) so that any bundle can be
+    Follows the card's options (guidance switch, error smoothing, rim) so that any bundle can be
     compared; the human–AI rising-τ mode is not part of the comparison."""
     if cfg.tau_step:
         raise SystemExit("the naive loop has no rising-τ mode")
@@ -102,6 +102,8 @@ def naive_loop(x, brain, f1, f, cfg: EngineConfig):
                     if not new.any() or old.sum() - new.sum() < cfg.stop_shrink * old.sum():
                         status[i] = 1
             status[(status == RUNNING) & (iters >= cfg.max_iter)] = 2
+    if cfg.rim:  # the decisions read the whole brain; the reported map leaves the rim out
+        error = np.where(inner_region(brain, cfg.rim), error, np.float32(0))
     return masks, error, iters
 
 

@@ -289,3 +289,42 @@ def test_engine_smoothing_feeds_every_decision():
     assert np.array_equal(st.masks, brain & (want > cut))
     with pytest.raises(ValueError, match="smoothing"):
         EngineConfig(tau=1.0, smoothing=-1.0)
+
+
+def test_inner_region_drops_the_outer_pixels():
+    from napari_itermask.core.segmentation import inner_region
+
+    brain = square_brain(2, side=10)
+    brain[1] = False  # an empty slice stays empty
+    assert np.array_equal(inner_region(brain, 0), brain)
+    one = inner_region(brain, 1)
+    o = (G - 10) // 2
+    want = np.zeros_like(brain)
+    want[0, o + 1 : o + 9, o + 1 : o + 9] = True
+    assert np.array_equal(one, want)
+    assert inner_region(brain, 2)[0].sum() == 6 * 6 and not inner_region(brain, 5).any()
+    with pytest.raises(ValueError, match="rim"):
+        inner_region(brain, -1)
+
+
+def test_engine_rim_hides_the_edge_from_the_map_not_from_the_loop():
+    from napari_itermask.core.segmentation import inner_region
+
+    x, brain = make_slices()
+
+    def ones_first(xf):
+        return torch.ones_like(xf)
+
+    def zeros_masked(inp):
+        return torch.zeros_like(inp[:, :1])
+
+    plain = list(run(x, brain, ones_first, zeros_masked, EngineConfig(tau=0.5)))
+    rimmed = list(run(x, brain, ones_first, zeros_masked, EngineConfig(tau=0.5, rim=2)))
+    assert len(plain) == len(rimmed) > 1
+    core = inner_region(brain, 2)
+    for a, b in zip(plain, rimmed):
+        assert np.array_equal(a.masks, b.masks)  # every decision reads the whole brain
+        assert np.array_equal(b.error, np.where(core, a.error, 0))
+        assert (a.error[brain & ~core] > 0).any()  # ... so the rim had error to hide
+    with pytest.raises(ValueError, match="rim"):
+        EngineConfig(tau=1.0, rim=-1)

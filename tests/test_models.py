@@ -95,6 +95,11 @@ def test_missing_and_unknown_models(tmp_path):
     (bad / CARD_NAME).write_text("{not json")
     with pytest.raises(ModelError, match="JSON"):
         load_bundle(bad)
+    card = {"name": "r", "modality": "flair", "preset": "tiny", "unet": {}}
+    for rim in (-1, 1.5, "2", True):
+        (bad / CARD_NAME).write_text(json.dumps({**card, "error_rim": rim}))
+        with pytest.raises(ModelError, match="error_rim"):
+            load_bundle(bad)
 
 
 def test_bundled_models_are_listed_and_load():

@@ -261,6 +261,15 @@ def test_calibrate_writes_a_bundle_from_healthy_data_only(tiny_data, tmp_path):
     assert sm.card.error_smoothing == 1.5 and sm.card.name == "ts"
     assert sm.sha256 == load_bundle(out).sha256 and sm.card.threshold != card.threshold
     assert sm.card.training["recalibrated_from"].startswith(str(out))
+    # a rim: the healthy rate is counted inside it, the card carries it, the loop applies it
+    calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "tr", "--modality",
+                    "flair", "-o", str(tmp_path / "rim"), "--max-slices", "5", "--rim", "2"])
+    rb = load_bundle(tmp_path / "rim")
+    assert rb.card.error_rim == 2 and rb.card.threshold_derivation["rim_px"] == 2
+    assert rb.card.tau == pytest.approx(card.tau) and rb.sha256 == load_bundle(out).sha256
+    with pytest.raises(SystemExit, match="rim"):
+        calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "x",
+                        "--modality", "flair", "-o", str(tmp_path / "x"), "--rim", "-1"])
     with pytest.raises(SystemExit, match="t1 model|not t1"):
         calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "x",
                         "--modality", "t1", "-o", str(tmp_path / "x")])

@@ -6,7 +6,8 @@
 - segmentation threshold (method.md §7): the full shrink loop runs on the healthy validation
   slices; the threshold is the error level exceeded by ``--fpr`` (0.1 %) of healthy brain pixels
   of the final error maps (model grid) — a chosen false-positive rate, fixed before any lesion
-  is seen. No lesion label is read here.
+  is seen. No lesion label is read here. With ``--rim PX`` the segmentation ignores the brain's
+  outer PX pixels per slice, and the rate counts the pixels inside that rim only.
 
 Example:
   python -m training.calibrate --run runs/flair --val data/flair_val.npz --name flair \\
@@ -27,7 +28,7 @@ from napari_itermask.core.calibration import tau_from_masked_errors, threshold_f
 from napari_itermask.core.engine import run_to_end
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.core.segmentation import smooth_within
+from napari_itermask.core.segmentation import inner_region, smooth_within
 from napari_itermask.models import ModelBundle, load_bundle, new_card, save_bundle
 from napari_itermask.pipeline import engine_config
 
@@ -109,7 +110,7 @@ def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: i
 def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: int = 0):
     cfg = engine_config(bundle.card, seed=seed)
     state, _ = run_to_end(val.x, val.brain, bundle.first, bundle.masked, cfg)
-    thr = threshold_from_healthy(state.error, val.brain, fpr)
+    thr = threshold_from_healthy(state.error, inner_region(val.brain, cfg.rim), fpr)
     return thr, state
 
 
@@ -120,7 +121,7 @@ def build_parser():
     src.add_argument("--run", help="training run folder (first.ckpt, masked.ckpt)")
     src.add_argument("--model", metavar="MODEL",
                      help="recalibrate an existing bundle (name or folder) instead, e.g. with "
-                          "another --smoothing; its weights are kept as they are")
+                          "another --smoothing or --rim; its weights are kept as they are")
     p.add_argument("--val", required=True, help="healthy validation slices (.npz)")
     p.add_argument("--name", required=True)
     p.add_argument("--modality", required=True)
@@ -132,6 +133,9 @@ def build_parser():
     p.add_argument("--smoothing", type=float, default=0.0, metavar="SIGMA",
                    help="σ in model-grid pixels of the error smoothing that every decision of "
                         "the loop and the segmentation read (0 = the paper's per-pixel error)")
+    p.add_argument("--rim", type=int, default=0, metavar="PX",
+                   help="outer brain pixels per slice (model grid) that the segmentation ignores "
+                        "(0 = the paper: the whole brain)")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -148,6 +152,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if not np.isfinite(args.smoothing) or args.smoothing < 0:
         raise SystemExit("--smoothing must be a finite number >= 0")
+    if args.rim < 0:
+        raise SystemExit("--rim must be >= 0")
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("calibration takes healthy validation data only; this set has lesions")
@@ -165,6 +171,7 @@ def main(argv=None) -> int:
         bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half,
                                  first_from=args.first_from)
     bundle.card.error_smoothing = float(args.smoothing)
+    bundle.card.error_rim = int(args.rim)
     bundle.card.tau = calibrate_tau(bundle, val, args.tau_percentile, args.seed)
     bundle.card.tau_derivation = {
         "method": "percentile of squared error inside random training masks (masked net)",
@@ -178,7 +185,8 @@ def main(argv=None) -> int:
     bundle.card.threshold = thr
     bundle.card.threshold_derivation = {
         "method": "healthy false-positive rate of final error maps (full loop, model grid)",
-        "false_positive_rate": args.fpr, "data": val.meta, "slices": len(loop_val),
+        "false_positive_rate": args.fpr, "rim_px": int(args.rim), "data": val.meta,
+        "slices": len(loop_val),
         "mean_iterations": float(state.iterations.mean())}
     log(f"threshold = {thr:.5g} (healthy FPR {args.fpr}); mean iterations "
         f"{state.iterations.mean():.1f}")

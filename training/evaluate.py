@@ -13,7 +13,8 @@ Methods (every threshold from healthy validation slices at the same false-positi
   intensity     no network: the normalised intensity itself (bright for FLAIR/T2, dark for T1)
 
 Every method's score map is smoothed with the model's ``error_smoothing`` σ (0 = none, the
-paper), healthy thresholds included, so a smoothing never favours one method.
+paper) and ignores the brain's outer ``error_rim`` pixels (0 = none, the paper), healthy
+thresholds included, so neither option favours one method.
 
 Reported, per method: 3-D Dice / sensitivity / precision per volume at the honest threshold;
 per-slice Dice; Dice by lesion size (pixels at 128²: < 200, 200–800, > 800); normal-tissue
@@ -39,7 +40,7 @@ import torch
 from napari_itermask import synth
 from napari_itermask.core.calibration import threshold_from_healthy
 from napari_itermask.core.frequency import high_pass
-from napari_itermask.core.segmentation import smooth_within
+from napari_itermask.core.segmentation import inner_region, smooth_within
 from napari_itermask.core.metrics import (
     best_threshold_dice,
     dice,
@@ -192,19 +193,20 @@ def main(argv=None) -> int:
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("--val must be healthy")
-    sigma = bundle.card.error_smoothing
+    sigma, rim = bundle.card.error_smoothing, bundle.card.error_rim
+    val_region = inner_region(val.brain, rim)  # where healthy false positives are counted
 
     def smoothed(score, brain, outside=0.0):
-        """Every method's map gets the model's error smoothing, so the comparison stays like
-        for like (the two IterMask² loops smooth inside the engine); ``outside`` fills the
-        background (-inf for the intensity score, which may be negative)."""
+        """Every method's map gets the model's error smoothing and rim, so the comparison stays
+        like for like (the two IterMask² loops apply both inside the engine); ``outside`` fills
+        the rest (-inf for the intensity score, which may be negative)."""
         out = smooth_within(score, brain, sigma)
-        return out if outside == 0.0 else np.where(brain, out, np.float32(outside))
+        return np.where(inner_region(brain, rim), out, np.float32(outside))
 
     thr = {
         "itermask": bundle.card.threshold,
         "no-iteration": threshold_from_healthy(
-            smoothed(first_error(bundle, val.x, val.brain), val.brain), val.brain, args.fpr),
+            smoothed(first_error(bundle, val.x, val.brain), val.brain), val_region, args.fpr),
     }
     variants = {}
     if args.no_freq_model:
@@ -217,18 +219,19 @@ def main(argv=None) -> int:
         if not sep or not label or not model or label in taken:
             raise SystemExit(f"--variant wants a new LABEL=MODEL, got {spec!r}")
         variants[label] = load_bundle(model)
-    same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels", "error_smoothing")
+    same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels", "error_smoothing",
+            "error_rim")
     for label, other in variants.items():
         if any(getattr(other.card, k) != getattr(bundle.card, k) for k in same):
-            raise SystemExit(f"{label}: the model must use the same model grid and error "
-                             "smoothing as --model")
+            raise SystemExit(f"{label}: the model must use the same model grid, error "
+                             "smoothing and rim as --model")
         thr[label] = other.card.threshold
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():
         thr[kind] = threshold_from_healthy(
-            smoothed(baseline_error(model, val.x, val.brain), val.brain), val.brain, args.fpr)
+            smoothed(baseline_error(model, val.x, val.brain), val.brain), val_region, args.fpr)
     iscore = smoothed(intensity_score(val.x, val.brain, args.modality), val.brain, -np.inf)
-    thr["intensity"] = float(np.quantile(iscore[val.brain], 1 - args.fpr))
+    thr["intensity"] = float(np.quantile(iscore[val_region], 1 - args.fpr))
     log("thresholds from healthy validation: " + ", ".join(f"{k}={v:.4g}" for k, v in thr.items()))
     methods = list(thr)
     per_case, panels = [], []

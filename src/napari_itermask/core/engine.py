@@ -22,6 +22,11 @@ local mean of the squared error instead of the single pixel — the first-step c
 reported in ``error`` average over the brain, the τ rule over the current mask
 (``segmentation.smooth_within``). Per-pixel noise then no longer decides which pixel of a
 lesion is unmasked; τ and the threshold must be calibrated with the same σ.
+
+``rim`` > 0 (a project option, 0 in the paper): the reported ``error`` is zero on the brain's
+outer ``rim`` pixels of each slice (``segmentation.inner_region``), so the final segmentation
+never reads the brain's edge. The loop itself still decides on the whole brain; the threshold
+must be calibrated with the same rim.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 import torch
 
 from .frequency import high_pass
-from .segmentation import smooth_within
+from .segmentation import inner_region, smooth_within
 
 __all__ = [
     "EngineConfig",
@@ -68,6 +73,7 @@ class EngineConfig:
     tau_step: float | None = None  # human–AI mode: raise a stalled slice's τ instead of stopping
     masked_guidance: bool = True  # False: f gets zeros for x_f (the paper's "-freq" ablation)
     smoothing: float = 0.0  # σ (px) of the error smoothing before each decision; 0 = the paper
+    rim: int = 0  # outer brain pixels left out of the reported error map; 0 = the paper
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -80,6 +86,8 @@ class EngineConfig:
             raise ValueError("tau must be a finite number >= 0")
         if not np.isfinite(self.smoothing) or self.smoothing < 0:
             raise ValueError("smoothing must be a finite number >= 0")
+        if int(self.rim) != self.rim or self.rim < 0:
+            raise ValueError("rim must be a whole number of pixels >= 0")
 
 
 @dataclass
@@ -88,6 +96,7 @@ class IterationState:
     tau: np.ndarray  # (N,) τ in force per slice
     masks: np.ndarray  # (N, H, W) bool
     error: np.ndarray  # (N, H, W) float32, (x − x')² · brain of each slice's latest reconstruction
+    # (zero on the brain's outer ``rim`` pixels when the config asks for a rim)
     recon: np.ndarray  # (N, H, W) float32
     status: np.ndarray  # (N,) int8: RUNNING / CONVERGED / CAPPED / SKIPPED
     iterations: np.ndarray  # (N,) iterations each slice has run
@@ -179,6 +188,7 @@ def run(
     iters0 = iters.copy()  # the cap counts the iterations of this run (a resume starts afresh)
 
     decide = np.zeros_like(x_np)  # the map each decision reads (smoothed within the mask)
+    report = inner_region(b_np, int(cfg.rim)) if cfg.rim else None  # where `error` may be > 0
     xf_cache: dict[int, torch.Tensor] = {}
 
     def xf_of(idx: np.ndarray) -> torch.Tensor:
@@ -215,19 +225,20 @@ def run(
                 out = out.float()
                 e = (((x - out) ** 2) * br)[:, 0].cpu().numpy()
                 recon[idx] = out[:, 0].cpu().numpy()
-                error[idx] = smooth_within(e, b_np[idx], cfg.smoothing)
+                full = smooth_within(e, b_np[idx], cfg.smoothing)
+                error[idx] = full if report is None else np.where(report[idx], full, 0)
                 if cfg.smoothing > 0 and not (t == 1 and resume is None):
                     decide[idx] = smooth_within(e, masks[idx], cfg.smoothing)
                 else:
-                    decide[idx] = error[idx]
+                    decide[idx] = full
             iters[active] += 1
             for i in active:
                 old = masks[i]
                 n_old = int(old.sum())
                 if t == 1 and resume is None:
-                    vals = error[i][b_np[i]]
+                    vals = decide[i][b_np[i]]
                     cut = np.quantile(vals, cfg.first_unmask) if cfg.first_unmask > 0 else -1.0
-                    new = b_np[i] & (error[i] > cut)
+                    new = b_np[i] & (decide[i] > cut)
                     masks[i] = new
                     if not new.any():
                         status[i] = CONVERGED

@@ -58,6 +58,7 @@ class ModelCard:
     masked_guidance: bool = True  # False only for the "-freq" ablation (f sees no x_f)
     error: str = "squared"
     error_smoothing: float = 0.0  # σ (model-grid px) of the error smoothing; 0 = the paper
+    error_rim: int = 0  # outer brain pixels (model grid) the segmentation ignores; 0 = the paper
     first_unmask: float = 0.4
     stop_shrink: float = 0.01
     max_iter: int = 20
@@ -86,6 +87,9 @@ class ModelCard:
         missing = [k for k in ("name", "modality", "preset", "unet") if k not in d]
         if missing:
             raise ModelError(f"model card lacks {', '.join(missing)}")
+        rim = d.get("error_rim", 0)
+        if isinstance(rim, bool) or not isinstance(rim, int) or rim < 0:
+            raise ModelError("model card: error_rim must be a whole number of pixels >= 0")
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     def unet_config(self, in_channels: int) -> UNetConfig:

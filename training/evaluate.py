@@ -196,17 +196,19 @@ def main(argv=None) -> int:
     sigma, rim = bundle.card.error_smoothing, bundle.card.error_rim
     val_region = inner_region(val.brain, rim)  # where healthy false positives are counted
 
-    def smoothed(score, brain, outside=0.0):
+    def smoothed(score, brain, region, outside=0.0):
         """Every method's map gets the model's error smoothing and rim, so the comparison stays
-        like for like (the two IterMask² loops apply both inside the engine); ``outside`` fills
-        the rest (-inf for the intensity score, which may be negative)."""
+        like for like (the two IterMask² loops apply both inside the engine): smoothed within
+        ``brain``, kept on ``region`` (the brain inside its rim, computed once per volume);
+        ``outside`` fills the rest (-inf for the intensity score, which may be negative)."""
         out = smooth_within(score, brain, sigma)
-        return np.where(inner_region(brain, rim), out, np.float32(outside))
+        return np.where(region, out, np.float32(outside))
 
     thr = {
         "itermask": bundle.card.threshold,
         "no-iteration": threshold_from_healthy(
-            smoothed(first_error(bundle, val.x, val.brain), val.brain), val_region, args.fpr),
+            smoothed(first_error(bundle, val.x, val.brain), val.brain, val_region), val_region,
+            args.fpr),
     }
     variants = {}
     if args.no_freq_model:
@@ -229,8 +231,10 @@ def main(argv=None) -> int:
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():
         thr[kind] = threshold_from_healthy(
-            smoothed(baseline_error(model, val.x, val.brain), val.brain), val_region, args.fpr)
-    iscore = smoothed(intensity_score(val.x, val.brain, args.modality), val.brain, -np.inf)
+            smoothed(baseline_error(model, val.x, val.brain), val.brain, val_region), val_region,
+            args.fpr)
+    iscore = smoothed(intensity_score(val.x, val.brain, args.modality), val.brain, val_region,
+                      -np.inf)
     thr["intensity"] = float(np.quantile(iscore[val_region], 1 - args.fpr))
     log("thresholds from healthy validation: " + ", ".join(f"{k}={v:.4g}" for k, v in thr.items()))
     methods = list(thr)
@@ -242,12 +246,13 @@ def main(argv=None) -> int:
             if first_state is None:
                 first_state = st
         geo, vol = job.volume.geometry, job.volume
+        region = inner_region(vol.brain, rim)
         scores_model = {
             "itermask": job.history.last.error,
             "no-iteration": first_state.error,  # smoothed by the engine like the loop's
             "intensity": smoothed(intensity_score(vol.x, vol.brain, args.modality), vol.brain,
-                                  -np.inf),
-            **{k: smoothed(baseline_error(mdl, vol.x, vol.brain), vol.brain)
+                                  region, -np.inf),
+            **{k: smoothed(baseline_error(mdl, vol.x, vol.brain), vol.brain, region)
                for k, mdl in baselines.items()},
         }
         for label, other in variants.items():

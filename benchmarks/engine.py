@@ -34,7 +34,11 @@ from napari_itermask.core.engine import (  # noqa: E402
     slice_noise,
 )
 from napari_itermask.core.frequency import high_pass  # noqa: E402
-from napari_itermask.core.segmentation import inner_region, smooth_within  # noqa: E402
+from napari_itermask.core.segmentation import (  # noqa: E402
+    inner_region,
+    smooth_within,
+    squared_error,
+)
 from napari_itermask.models import ModelBundle, load_bundle, new_card  # noqa: E402
 from napari_itermask.pipeline import engine_config  # noqa: E402
 from napari_itermask.volume import scan_from_array, to_model_grid  # noqa: E402
@@ -54,7 +58,7 @@ class Counting(torch.nn.Module):
 def naive_loop(x, brain, f1, f, cfg: EngineConfig):
     """Reference-style loop: the whole batch runs until every slice has converged.
 
-    Follows the card's options (guidance switch, error smoothing, rim) so that any bundle can be
+    Follows the card's options (guidance switch, error smoothing, rim, polarity) so that any bundle can be
     compared; the human–AI rising-τ mode is not part of the comparison."""
     if cfg.tau_step:
         raise SystemExit("the naive loop has no rising-τ mode")
@@ -82,7 +86,7 @@ def naive_loop(x, brain, f1, f, cfg: EngineConfig):
                                        for i in range(s, min(n, s + cfg.batch_size))])[:, None]
                     guide = xf[sl] if cfg.masked_guidance else torch.zeros_like(xf[sl])
                     out = f(torch.cat([torch.where(m, eps, xt[sl]), guide], 1))
-                e = (((xt[sl] - out) ** 2) * br[sl])[:, 0].numpy()
+                e = (squared_error(xt[sl], out, cfg.polarity) * br[sl])[:, 0].numpy()
                 for j, i in enumerate(range(s, min(n, s + cfg.batch_size))):
                     if status[i] != RUNNING:
                         continue  # computed, then thrown away

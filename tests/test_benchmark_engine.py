@@ -16,14 +16,16 @@ def _bench():
     return mod
 
 
-@pytest.mark.parametrize("guidance,smoothing,rim", [(True, 0.0, 0), (False, 1.5, 2)])
-def test_naive_loop_matches_engine(tmp_path, capsys, guidance, smoothing, rim):
+@pytest.mark.parametrize("guidance,smoothing,rim,polarity",
+                         [(True, 0.0, 0, "both"), (False, 1.5, 2, "bright")])
+def test_naive_loop_matches_engine(tmp_path, capsys, guidance, smoothing, rim, polarity):
     from napari_itermask.models import save_bundle
 
     bundle = perturbed_bundle(tau=0.3)
     bundle.card.masked_guidance = guidance
     bundle.card.error_smoothing = smoothing
     bundle.card.error_rim = rim
+    bundle.card.error_polarity = polarity
     path = save_bundle(bundle, tmp_path / "m")
     # main() asserts that both loops give the same masks, iterations and segmentation
     assert _bench().main(["--model", str(path), "--slices", "3", "--max-iter", "4",

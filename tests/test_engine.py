@@ -328,3 +328,43 @@ def test_engine_rim_hides_the_edge_from_the_map_not_from_the_loop():
         assert (a.error[brain & ~core] > 0).any()  # ... so the rim had error to hide
     with pytest.raises(ValueError, match="rim"):
         EngineConfig(tau=1.0, rim=-1)
+
+
+def test_squared_error_polarity_numpy_and_torch_agree():
+    from napari_itermask.core.segmentation import error_map, squared_error
+
+    x = np.array([[0.0, 1.0, -2.0, 3.0]], np.float32)
+    r = np.array([[0.0, 3.0, -3.0, 1.0]], np.float32)  # x − r = 0, −2, +1, +2
+    want = {"both": [0, 4, 1, 4], "bright": [0, 0, 1, 4], "dark": [0, 4, 0, 0]}
+    for pol, w in want.items():
+        assert squared_error(x, r, pol).tolist() == [w]
+        assert squared_error(torch.from_numpy(x), torch.from_numpy(r), pol).tolist() == [w]
+    brain = np.array([[True, True, True, False]])
+    assert error_map(x, r, brain, "bright").tolist() == [[0, 0, 1, 0]]
+    with pytest.raises(ValueError, match="polarity"):
+        squared_error(x, r, "up")
+
+
+def test_engine_polarity_counts_one_sign_in_decisions_and_map():
+    x, brain = make_slices()
+
+    def zeros_first(xf):
+        return torch.zeros_like(xf)
+
+    def zeros_masked(inp):
+        return torch.zeros_like(inp[:, :1])
+
+    x = np.where(brain, x - 1.0, x)  # half of the brain darker than the all-zero recon
+    assert (x[brain] < -0.07).mean() > 0.2 and (x[brain] > 0.07).mean() > 0.2
+    both = list(run(x, brain, zeros_first, zeros_masked, EngineConfig(tau=0.005)))
+    bright = list(run(x, brain, zeros_first, zeros_masked,
+                      EngineConfig(tau=0.005, polarity="bright")))
+    dark = list(run(x, brain, zeros_first, zeros_masked, EngineConfig(tau=0.005, polarity="dark")))
+    for states, keep in ((bright, x > 0), (dark, x < 0)):
+        last = states[-1]
+        assert np.allclose(last.error, np.where(brain & keep, x * x, 0))
+        assert not (last.masks & ~keep).any()  # the other sign is declared normal ...
+        assert (last.masks & keep).any()  # ... while this sign keeps its masked pixels
+    assert (both[-1].masks & (x < 0)).any()  # in the paper's mode both signs stay masked
+    with pytest.raises(ValueError, match="polarity"):
+        EngineConfig(tau=1.0, polarity="hyper")

@@ -100,6 +100,10 @@ def test_missing_and_unknown_models(tmp_path):
         (bad / CARD_NAME).write_text(json.dumps({**card, "error_rim": rim}))
         with pytest.raises(ModelError, match="error_rim"):
             load_bundle(bad)
+    for pol in ("Bright", "", 1, None):
+        (bad / CARD_NAME).write_text(json.dumps({**card, "error_polarity": pol}))
+        with pytest.raises(ModelError, match="error_polarity"):
+            load_bundle(bad)
 
 
 def test_bundled_models_are_listed_and_load():

@@ -177,6 +177,24 @@ def test_best_threshold_dice_is_exact():
     assert best_threshold_dice(score, np.zeros_like(gt)) == (1.0, pytest.approx(score.max()))
 
 
+def test_baseline_maps_count_the_card_polarity():
+    import torch
+
+    from training.evaluate import baseline_error
+
+    class Brighter(torch.nn.Module):  # reconstructs every pixel 1.0 too bright
+        def forward(self, x):
+            return x + 1.0
+
+    x = np.random.default_rng(0).normal(size=(2, 8, 8)).astype(np.float32)
+    brain = np.zeros(x.shape, bool)
+    brain[:, 2:6, 2:6] = True
+    both = baseline_error(Brighter(), x, brain)
+    assert np.allclose(both, brain * 1.0)
+    assert np.array_equal(baseline_error(Brighter(), x, brain, "dark"), both)
+    assert not baseline_error(Brighter(), x, brain, "bright").any()
+
+
 def test_two_process_ddp_training_with_torchrun(tiny_data, tmp_path):
     import os
     import subprocess
@@ -270,6 +288,16 @@ def test_calibrate_writes_a_bundle_from_healthy_data_only(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="rim"):
         calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "x",
                         "--modality", "flair", "-o", str(tmp_path / "x"), "--rim", "-1"])
+    # a polarity: τ and the threshold read only the deviations of one sign (never more error)
+    one_sided = {}
+    for pol in ("bright", "dark"):
+        calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "tp",
+                        "--modality", "flair", "-o", str(tmp_path / pol), "--max-slices", "5",
+                        "--polarity", pol])
+        one_sided[pol] = pb = load_bundle(tmp_path / pol)
+        assert pb.card.error_polarity == pol and pb.card.tau_derivation["polarity"] == pol
+        assert pb.card.tau <= card.tau and pb.sha256 == load_bundle(out).sha256
+    assert min(b.card.tau for b in one_sided.values()) < card.tau
     with pytest.raises(SystemExit, match="t1 model|not t1"):
         calibrate.main(["--model", str(out), "--val", str(tiny_data), "--name", "x",
                         "--modality", "t1", "-o", str(tmp_path / "x")])

@@ -59,8 +59,3 @@ def coarse_noise(shape, rng: np.random.Generator, std: float = 0.2 * 6.0, grid: 
     n, _, h, w = shape
     low = torch.from_numpy(rng.normal(0.0, std, (n, 1, grid, grid)).astype(np.float32))
     return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def score(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Squared reconstruction error of the clean input (the anomaly map)."""
-    return (x - model(x)) ** 2

@@ -7,7 +7,9 @@
   slices; the threshold is the error level exceeded by ``--fpr`` (0.1 %) of healthy brain pixels
   of the final error maps (model grid) — a chosen false-positive rate, fixed before any lesion
   is seen. No lesion label is read here. With ``--rim PX`` the segmentation ignores the brain's
-  outer PX pixels per slice, and the rate counts the pixels inside that rim only.
+  outer PX pixels per slice, and the rate counts the pixels inside that rim only. With
+  ``--polarity bright|dark`` only deviations of that sign count as error, for τ, the loop and
+  the threshold alike.
 
 Example:
   python -m training.calibrate --run runs/flair --val data/flair_val.npz --name flair \\
@@ -28,7 +30,12 @@ from napari_itermask.core.calibration import tau_from_masked_errors, threshold_f
 from napari_itermask.core.engine import run_to_end
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.core.segmentation import inner_region, smooth_within
+from napari_itermask.core.segmentation import (
+    POLARITIES,
+    inner_region,
+    smooth_within,
+    squared_error,
+)
 from napari_itermask.models import ModelBundle, load_bundle, new_card, save_bundle
 from napari_itermask.pipeline import engine_config
 
@@ -101,8 +108,8 @@ def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: i
                     xf = torch.zeros_like(xf)
                 out = bundle.masked(torch.cat([torch.where(m, eps, x), xf], 1))
                 mm = m[:, 0].numpy()
-                errs.append(smooth_within(((x - out) ** 2)[:, 0].numpy(), mm,
-                                          bundle.card.error_smoothing))
+                e = squared_error(x, out, bundle.card.error_polarity)[:, 0].numpy()
+                errs.append(smooth_within(e, mm, bundle.card.error_smoothing))
                 masks.append(mm)
     return tau_from_masked_errors(errs, masks, percentile)
 
@@ -136,6 +143,10 @@ def build_parser():
     p.add_argument("--rim", type=int, default=0, metavar="PX",
                    help="outer brain pixels per slice (model grid) that the segmentation ignores "
                         "(0 = the paper: the whole brain)")
+    p.add_argument("--polarity", choices=POLARITIES, default="both",
+                   help="which deviations count as error in the loop and the segmentation: both "
+                        "signs (the paper), or only 'bright' (scan brighter than its "
+                        "reconstruction: hyper-intense lesions) or 'dark' (hypo-intense)")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -172,9 +183,11 @@ def main(argv=None) -> int:
                                  first_from=args.first_from)
     bundle.card.error_smoothing = float(args.smoothing)
     bundle.card.error_rim = int(args.rim)
+    bundle.card.error_polarity = args.polarity
     bundle.card.tau = calibrate_tau(bundle, val, args.tau_percentile, args.seed)
     bundle.card.tau_derivation = {
         "method": "percentile of squared error inside random training masks (masked net)",
+        "polarity": args.polarity,
         "percentile": args.tau_percentile, "data": val.meta, "slices": len(val)}
     log(f"tau = {bundle.card.tau:.5g} ({args.tau_percentile}th percentile)")
     loop_val = val

@@ -14,7 +14,8 @@ Methods (every threshold from healthy validation slices at the same false-positi
 
 Every method's score map is smoothed with the model's ``error_smoothing`` σ (0 = none, the
 paper) and ignores the brain's outer ``error_rim`` pixels (0 = none, the paper), healthy
-thresholds included, so neither option favours one method.
+thresholds included; the AE, DAE and no-iteration maps count the same ``error_polarity``
+deviations as the loop (both signs in the paper): no option favours one method.
 
 Reported, per method: 3-D Dice / sensitivity / precision per volume at the honest threshold;
 per-slice Dice; Dice by lesion size (pixels at 128²: < 200, 200–800, > 800); normal-tissue
@@ -40,7 +41,7 @@ import torch
 from napari_itermask import synth
 from napari_itermask.core.calibration import threshold_from_healthy
 from napari_itermask.core.frequency import high_pass
-from napari_itermask.core.segmentation import inner_region, smooth_within
+from napari_itermask.core.segmentation import error_map, inner_region, smooth_within
 from napari_itermask.core.metrics import (
     best_threshold_dice,
     dice,
@@ -59,28 +60,29 @@ from .common import SliceSet, log, split_seeds
 HYPO = {"t1"}
 
 
+def _recon_error(recon, x: np.ndarray, brain: np.ndarray, polarity: str,
+                 batch: int = 32) -> np.ndarray:
+    """``squared_error`` of ``recon`` (a function of a (B, 1, H, W) batch) inside ``brain``."""
+    out = np.empty_like(x)
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xt = torch.from_numpy(x[i:i + batch])[:, None]
+            out[i:i + batch] = error_map(xt[:, 0].numpy(), recon(xt)[:, 0].numpy(),
+                                         brain[i:i + batch], polarity)
+    return out
+
+
 def first_error(bundle, x: np.ndarray, brain: np.ndarray, batch: int = 32) -> np.ndarray:
-    out = np.empty_like(x)
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xt = torch.from_numpy(x[i:i + batch])[:, None]
-            r = bundle.first(high_pass(xt, bundle.card.frequency_radius))
-            out[i:i + batch] = ((xt - r) ** 2 * torch.from_numpy(brain[i:i + batch])[:, None]
-                                )[:, 0].numpy()
-    return out
+    """The "no iterations" ablation: f1's error, with the card's polarity."""
+    return _recon_error(lambda xt: bundle.first(high_pass(xt, bundle.card.frequency_radius)),
+                        x, brain, bundle.card.error_polarity, batch)
 
 
-def baseline_error(model, x: np.ndarray, brain: np.ndarray, batch: int = 32) -> np.ndarray:
-    from .baselines import score
-
-    out = np.empty_like(x)
+def baseline_error(model, x: np.ndarray, brain: np.ndarray, polarity: str = "both",
+                   batch: int = 32) -> np.ndarray:
+    """An AE/DAE's anomaly map: its reconstruction error of the clean input."""
     model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xt = torch.from_numpy(x[i:i + batch])[:, None]
-            out[i:i + batch] = (score(model, xt) * torch.from_numpy(brain[i:i + batch])[:, None]
-                                )[:, 0].numpy()
-    return out
+    return _recon_error(model, x, brain, polarity, batch)
 
 
 def load_baselines(run: Path, preset: str) -> dict:
@@ -194,6 +196,7 @@ def main(argv=None) -> int:
     if val.label is not None and val.label.any():
         raise SystemExit("--val must be healthy")
     sigma, rim = bundle.card.error_smoothing, bundle.card.error_rim
+    pol = bundle.card.error_polarity  # the AE and DAE maps count the same deviations
     val_region = inner_region(val.brain, rim)  # where healthy false positives are counted
 
     def smoothed(score, brain, region, outside=0.0):
@@ -222,17 +225,17 @@ def main(argv=None) -> int:
             raise SystemExit(f"--variant wants a new LABEL=MODEL, got {spec!r}")
         variants[label] = load_bundle(model)
     same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels", "error_smoothing",
-            "error_rim")
+            "error_rim", "error_polarity")
     for label, other in variants.items():
         if any(getattr(other.card, k) != getattr(bundle.card, k) for k in same):
             raise SystemExit(f"{label}: the model must use the same model grid, error "
-                             "smoothing and rim as --model")
+                             "smoothing, rim and polarity as --model")
         thr[label] = other.card.threshold
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():
         thr[kind] = threshold_from_healthy(
-            smoothed(baseline_error(model, val.x, val.brain), val.brain, val_region), val_region,
-            args.fpr)
+            smoothed(baseline_error(model, val.x, val.brain, pol), val.brain, val_region),
+            val_region, args.fpr)
     iscore = smoothed(intensity_score(val.x, val.brain, args.modality), val.brain, val_region,
                       -np.inf)
     thr["intensity"] = float(np.quantile(iscore[val_region], 1 - args.fpr))
@@ -252,7 +255,7 @@ def main(argv=None) -> int:
             "no-iteration": first_state.error,  # smoothed by the engine like the loop's
             "intensity": smoothed(intensity_score(vol.x, vol.brain, args.modality), vol.brain,
                                   region, -np.inf),
-            **{k: smoothed(baseline_error(mdl, vol.x, vol.brain), vol.brain, region)
+            **{k: smoothed(baseline_error(mdl, vol.x, vol.brain, pol), vol.brain, region)
                for k, mdl in baselines.items()},
         }
         for label, other in variants.items():

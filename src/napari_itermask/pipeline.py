@@ -64,7 +64,7 @@ def prepare(scan: Scan, bundle: ModelBundle, brain_mask: np.ndarray | None = Non
 def engine_config(card, *, tau=None, max_iter=None, first_unmask=None, seed: int = 0,
                   batch_size: int = 32, tau_step=None) -> EngineConfig:
     """The loop a model card describes (τ, first step, stop rule, cap, radius, guidance, error
-    smoothing and rim); the keyword arguments override the card where given."""
+    smoothing, rim and polarity); the keyword arguments override the card where given."""
     return EngineConfig(
         tau=float(card.tau if tau is None else tau),
         first_unmask=float(card.first_unmask if first_unmask is None else first_unmask),
@@ -78,6 +78,7 @@ def engine_config(card, *, tau=None, max_iter=None, first_unmask=None, seed: int
         masked_guidance=card.masked_guidance,
         smoothing=card.error_smoothing,
         rim=card.error_rim,
+        polarity=card.error_polarity,
     )
 
 

@@ -27,6 +27,11 @@ lesion is unmasked; τ and the threshold must be calibrated with the same σ.
 outer ``rim`` pixels of each slice (``segmentation.inner_region``), so the final segmentation
 never reads the brain's edge. The loop itself still decides on the whole brain; the threshold
 must be calibrated with the same rim.
+
+``polarity`` (a project option, ``"both"`` in the paper): ``"bright"`` or ``"dark"`` counts only
+the deviations of that sign as error (``segmentation.squared_error``), in every decision and in
+the reported map: a pixel darker than its reconstruction is no hyper-intense lesion. τ and the
+threshold must be calibrated with the same polarity.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import numpy as np
 import torch
 
 from .frequency import high_pass
-from .segmentation import inner_region, smooth_within
+from .segmentation import POLARITIES, inner_region, smooth_within, squared_error
 
 __all__ = [
     "EngineConfig",
@@ -74,6 +79,7 @@ class EngineConfig:
     masked_guidance: bool = True  # False: f gets zeros for x_f (the paper's "-freq" ablation)
     smoothing: float = 0.0  # σ (px) of the error smoothing before each decision; 0 = the paper
     rim: int = 0  # outer brain pixels left out of the reported error map; 0 = the paper
+    polarity: str = "both"  # which deviations count as error: both (the paper), bright, dark
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -88,6 +94,8 @@ class EngineConfig:
             raise ValueError("smoothing must be a finite number >= 0")
         if int(self.rim) != self.rim or self.rim < 0:
             raise ValueError("rim must be a whole number of pixels >= 0")
+        if self.polarity not in POLARITIES:
+            raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}")
 
 
 @dataclass
@@ -223,7 +231,7 @@ def run(
                     out = f(torch.cat([x_hat, guide], dim=1))
                 passes += len(idx)
                 out = out.float()
-                e = (((x - out) ** 2) * br)[:, 0].cpu().numpy()
+                e = (squared_error(x, out, cfg.polarity) * br)[:, 0].cpu().numpy()
                 recon[idx] = out[:, 0].cpu().numpy()
                 full = smooth_within(e, b_np[idx], cfg.smoothing)
                 error[idx] = full if report is None else np.where(report[idx], full, 0)

@@ -12,6 +12,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "POLARITIES",
+    "squared_error",
     "error_map",
     "smooth_within",
     "inner_region",
@@ -21,9 +23,32 @@ __all__ = [
 ]
 
 
-def error_map(x: np.ndarray, recon: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Squared reconstruction error inside the brain, zero outside."""
-    return ((np.asarray(x, np.float32) - recon) ** 2) * np.asarray(brain, bool)
+POLARITIES = ("both", "bright", "dark")
+
+
+def squared_error(x, recon, polarity: str = "both"):
+    """``(x − recon)²``, for NumPy arrays or torch tensors alike.
+
+    ``polarity`` says which deviations count as abnormal: ``"both"`` (the paper), ``"bright"``
+    (only where the scan is brighter than its reconstruction, e.g. hyper-intense FLAIR/T2
+    lesions) or ``"dark"`` (only where it is darker, e.g. hypo-intense T1 lesions); the other
+    side scores 0.
+    """
+    d = x - recon
+    if polarity == "bright":
+        d = d * (d > 0)
+    elif polarity == "dark":
+        d = d * (d < 0)
+    elif polarity != "both":
+        raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, not {polarity!r}")
+    return d * d
+
+
+def error_map(x: np.ndarray, recon: np.ndarray, brain: np.ndarray,
+              polarity: str = "both") -> np.ndarray:
+    """Squared reconstruction error (of the given ``polarity``) inside the brain, zero outside."""
+    return squared_error(np.asarray(x, np.float32), np.asarray(recon, np.float32),
+                         polarity) * np.asarray(brain, bool)
 
 
 def smooth_within(error: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .._hash import sha256_file
+from ..core.segmentation import POLARITIES
 from ..core.unet import PRESETS, UNet, UNetConfig
 from ..errors import ModelError
 from ..export import temp_file_in, usual_mode
@@ -59,6 +60,7 @@ class ModelCard:
     error: str = "squared"
     error_smoothing: float = 0.0  # σ (model-grid px) of the error smoothing; 0 = the paper
     error_rim: int = 0  # outer brain pixels (model grid) the segmentation ignores; 0 = the paper
+    error_polarity: str = "both"  # deviations that count as error: both (the paper), bright, dark
     first_unmask: float = 0.4
     stop_shrink: float = 0.01
     max_iter: int = 20
@@ -90,6 +92,8 @@ class ModelCard:
         rim = d.get("error_rim", 0)
         if isinstance(rim, bool) or not isinstance(rim, int) or rim < 0:
             raise ModelError("model card: error_rim must be a whole number of pixels >= 0")
+        if d.get("error_polarity", "both") not in POLARITIES:
+            raise ModelError(f"model card: error_polarity must be one of {', '.join(POLARITIES)}")
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     def unet_config(self, in_channels: int) -> UNetConfig:

@@ -327,6 +327,9 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     from training import evaluate
 
     model = save_bundle(_grid_bundle(0), tmp_path / "m")
+    one_sided = _grid_bundle(0)
+    one_sided.card.error_polarity = "bright"
+    bright = save_bundle(one_sided, tmp_path / "bright")
     nofreq = save_bundle(_grid_bundle(1, guidance=False), tmp_path / "nf")
     for net in ("ae", "dae"):
         train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", net, "--steps", "2",
@@ -342,11 +345,11 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
                    "--data", str(data), "--baselines", str(tmp_path / "base"),
                    "--no-freq-model", str(nofreq), "--variant", f"second copy={model}",
-                   "--rising-tau", "0.5", "--out", str(out)])
+                   "--variant", f"bright={bright}", "--rising-tau", "0.5", "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
     row = res["cases"][0]
-    methods = {"itermask", "itermask -freq", "second copy", "no-iteration", "AE", "DAE",
-               "intensity"}
+    methods = {"itermask", "itermask -freq", "second copy", "bright", "no-iteration", "AE",
+               "DAE", "intensity"}
     assert methods <= set(res["thresholds"]) and methods <= set(row)
     for m in methods:
         assert 0.0 <= row[m]["dice"] <= 1.0 and 0.0 <= row[m]["best_dice"] <= 1.0

@@ -10,6 +10,7 @@ Methods (every threshold from healthy validation slices at the same false-positi
                 x_f (``train --no-guidance``), calibrated the same way; its own card threshold
   LABEL         (``--variant LABEL=MODEL``, repeatable) any other bundle on the same cases, e.g.
                 the x_f-guided model where the shipped one is unguided; its own card threshold
+                (and error polarity)
   intensity     no network: the normalised intensity itself (bright for FLAIR/T2, dark for T1)
 
 Every method's score map is smoothed with the model's ``error_smoothing`` σ (0 = none, the
@@ -224,12 +225,14 @@ def main(argv=None) -> int:
         if not sep or not label or not model or label in taken:
             raise SystemExit(f"--variant wants a new LABEL=MODEL, got {spec!r}")
         variants[label] = load_bundle(model)
+    # a variant may count other deviations (error_polarity): its loop, map and card threshold
+    # are its own, e.g. the paper's two-sided error beside a one-sided model
     same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels", "error_smoothing",
-            "error_rim", "error_polarity")
+            "error_rim")
     for label, other in variants.items():
         if any(getattr(other.card, k) != getattr(bundle.card, k) for k in same):
             raise SystemExit(f"{label}: the model must use the same model grid, error "
-                             "smoothing, rim and polarity as --model")
+                             "smoothing and rim as --model")
         thr[label] = other.card.threshold
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():

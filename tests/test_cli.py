@@ -185,6 +185,8 @@ def test_models_and_evaluate(tmp_path, capsys):
     assert code == 0 and "unusable" not in out
     listed = [ln.split()[0] for ln in out.splitlines() if ln and not ln.startswith(" ")]
     assert {"flair", "t1", "t2"} <= set(listed)
+    t1 = next(ln for ln in out.splitlines() if ln.startswith("t1 "))
+    assert "dark deviations only" in t1  # the shipped T1 model's one-sided error is stated
     gt = np.zeros((10, 10, 10), np.uint8)
     gt[2:6, 2:6, 2:6] = 1
     pred = np.zeros_like(gt)

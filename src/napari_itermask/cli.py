@@ -139,9 +139,11 @@ def cmd_models(args) -> int:
             print(f"{m['name']:<10} [{m['source']}] unusable: {m['problem']}")
             continue
         state = "trained" if m.get("trained") else "UNTRAINED placeholder"
+        pol = m.get("error_polarity", "both")
+        sided = "" if pol == "both" else f", error counts {pol} deviations only"
         print(f"{m['name']:<10} [{m['source']}] {m['modality']}, preset {m['preset']}, {state}; "
               f"tau={m['tau']:.4g}, threshold={m['threshold']:.4g} "
-              f"({m['threshold_derivation'].get('method')})")
+              f"({m['threshold_derivation'].get('method')}{sided})")
         print(f"{'':<10} {m['path']}")
         print(f"{'':<10} sha256 {m['weights_sha256'][:16]}…  {m['intended_use']}")
     return 0

@@ -220,6 +220,10 @@ def test_errors_are_notifications_and_settings_persist(make_napari_viewer, qtbot
     # bundled models are offered
     offered = [w.model_combo.itemData(i) for i in range(w.model_combo.count())]
     assert {"flair", "t1", "t2"} <= set(offered)
+    # a one-sided model says so beside its τ and threshold
+    assert w.set_model("t1") and "dark deviations only" in w.model_info.text()
+    assert w.set_model("flair") and "deviations" not in w.model_info.text()
+    assert w.set_model(str(tiny_model))
     # a broken model folder: one-line error notification, no traceback, nothing running
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -436,9 +436,12 @@ class IterMaskWidget(QWidget):
             self.model_info.setText("This model cannot be read.")
             self.untrained_note.hide()
         else:
+            from .models import polarity_note
+
+            sided = polarity_note(card.error_polarity)
             self.model_info.setText(
                 f"{card.modality.upper()}, preset {card.preset}; calibrated τ {card.tau:.4g}, "
-                f"threshold {card.threshold:.4g}")
+                f"threshold {card.threshold:.4g}" + (f"; {sided}" if sided else ""))
             self.untrained_note.setText(
                 f"⚠ Model '{card.name}' is UNTRAINED (a placeholder): its segmentations mean "
                 "nothing.")

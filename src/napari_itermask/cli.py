@@ -125,7 +125,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models
+    from .models import list_models, polarity_note
 
     models = list_models()
     if args.json:
@@ -139,8 +139,8 @@ def cmd_models(args) -> int:
             print(f"{m['name']:<10} [{m['source']}] unusable: {m['problem']}")
             continue
         state = "trained" if m.get("trained") else "UNTRAINED placeholder"
-        pol = m.get("error_polarity", "both")
-        sided = "" if pol == "both" else f", error counts {pol} deviations only"
+        sided = polarity_note(m.get("error_polarity", "both"))
+        sided = f", {sided}" if sided else ""
         print(f"{m['name']:<10} [{m['source']}] {m['modality']}, preset {m['preset']}, {state}; "
               f"tau={m['tau']:.4g}, threshold={m['threshold']:.4g} "
               f"({m['threshold_derivation'].get('method')}{sided})")

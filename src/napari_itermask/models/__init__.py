@@ -30,6 +30,7 @@ __all__ = [
     "load_bundle",
     "resolve_model",
     "list_models",
+    "polarity_note",
     "bundled_dir",
     "user_dir",
     "sha256_file",
@@ -132,6 +133,12 @@ class ModelBundle:
     def fresh(cls, card: ModelCard) -> "ModelBundle":
         """Untrained networks built from a card (zero-initialised output: they output zeros)."""
         return cls(card, UNet(card.unet_config(1)), UNet(card.unet_config(2))).to("cpu")
+
+
+def polarity_note(polarity: str) -> str:
+    """What users should be told about a card's ``error_polarity``: nothing for the paper's
+    two-sided error, else which deviations alone count."""
+    return "" if polarity == "both" else f"error counts {polarity} deviations only"
 
 
 def new_card(name: str, modality: str, preset: str = "small", **kw) -> ModelCard:

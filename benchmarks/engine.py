@@ -58,8 +58,8 @@ class Counting(torch.nn.Module):
 def naive_loop(x, brain, f1, f, cfg: EngineConfig):
     """Reference-style loop: the whole batch runs until every slice has converged.
 
-    Follows the card's options (guidance switch, error smoothing, rim, polarity) so that any bundle can be
-    compared; the human–AI rising-τ mode is not part of the comparison."""
+    Follows the card's options (guidance switch, error smoothing, rim, polarity) so that any
+    bundle can be compared; the human–AI rising-τ mode is not part of the comparison."""
     if cfg.tau_step:
         raise SystemExit("the naive loop has no rising-τ mode")
     n, h, w = x.shape

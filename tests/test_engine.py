@@ -78,6 +78,15 @@ def make_slices(n=1, seed=0):
     return x, brain
 
 
+def constant_net(value: float):
+    """A stand-in for f1 or f: reconstructs every pixel as ``value`` (one output channel)."""
+
+    def net(inp):
+        return torch.full_like(inp[:, :1], value)
+
+    return net
+
+
 def test_first_step_unmasks_the_lowest_error_share():
     x, brain = make_slices()
     f1 = RampFirst(x, brain).bind()
@@ -277,11 +286,8 @@ def test_engine_smoothing_feeds_every_decision():
     from napari_itermask.core.segmentation import smooth_within
 
     x, brain = make_slices()
-
-    def zeros_first(xf):
-        return torch.zeros_like(xf)
-
-    st = next(run(x, brain, zeros_first, zeros_first, EngineConfig(tau=1.0, smoothing=1.5)))
+    zeros = constant_net(0.0)
+    st = next(run(x, brain, zeros, zeros, EngineConfig(tau=1.0, smoothing=1.5)))
     raw = (x ** 2) * brain
     want = smooth_within(raw, brain, 1.5)
     assert np.allclose(st.error, want, atol=1e-5)
@@ -311,15 +317,9 @@ def test_engine_rim_hides_the_edge_from_the_map_not_from_the_loop():
     from napari_itermask.core.segmentation import inner_region
 
     x, brain = make_slices()
-
-    def ones_first(xf):
-        return torch.ones_like(xf)
-
-    def zeros_masked(inp):
-        return torch.zeros_like(inp[:, :1])
-
-    plain = list(run(x, brain, ones_first, zeros_masked, EngineConfig(tau=0.5)))
-    rimmed = list(run(x, brain, ones_first, zeros_masked, EngineConfig(tau=0.5, rim=2)))
+    ones, zeros = constant_net(1.0), constant_net(0.0)
+    plain = list(run(x, brain, ones, zeros, EngineConfig(tau=0.5)))
+    rimmed = list(run(x, brain, ones, zeros, EngineConfig(tau=0.5, rim=2)))
     assert len(plain) == len(rimmed) > 1
     core = inner_region(brain, 2)
     for a, b in zip(plain, rimmed):
@@ -347,19 +347,12 @@ def test_squared_error_polarity_numpy_and_torch_agree():
 
 def test_engine_polarity_counts_one_sign_in_decisions_and_map():
     x, brain = make_slices()
-
-    def zeros_first(xf):
-        return torch.zeros_like(xf)
-
-    def zeros_masked(inp):
-        return torch.zeros_like(inp[:, :1])
-
+    zeros = constant_net(0.0)
     x = np.where(brain, x - 1.0, x)  # half of the brain darker than the all-zero recon
     assert (x[brain] < -0.07).mean() > 0.2 and (x[brain] > 0.07).mean() > 0.2
-    both = list(run(x, brain, zeros_first, zeros_masked, EngineConfig(tau=0.005)))
-    bright = list(run(x, brain, zeros_first, zeros_masked,
-                      EngineConfig(tau=0.005, polarity="bright")))
-    dark = list(run(x, brain, zeros_first, zeros_masked, EngineConfig(tau=0.005, polarity="dark")))
+    both = list(run(x, brain, zeros, zeros, EngineConfig(tau=0.005)))
+    bright = list(run(x, brain, zeros, zeros, EngineConfig(tau=0.005, polarity="bright")))
+    dark = list(run(x, brain, zeros, zeros, EngineConfig(tau=0.005, polarity="dark")))
     for states, keep in ((bright, x > 0), (dark, x < 0)):
         last = states[-1]
         assert np.allclose(last.error, np.where(brain & keep, x * x, 0))

@@ -36,13 +36,13 @@ def _normal(case, margin_vox=2):
 
 def test_template_dir_has_files():
     d = synth.template_dir()
-    for name in synth._TEMPLATE_FILES.values():
+    for name in synth.templates.TEMPLATE_FILES.values():
         assert (d / name).is_file()
 
 
 def test_deterministic_bit_identical():
     a = synth.make_case("flair", 7, voxel_size=VS)
-    synth._anatomy.cache_clear()  # rebuild the anatomy from scratch
+    synth.anatomy.make_anatomy.cache_clear()  # rebuild the anatomy from scratch
     b = synth.make_case("flair", 7, voxel_size=VS)
     assert a.image.tobytes() == b.image.tobytes()
     assert a.label.tobytes() == b.label.tobytes()

@@ -11,9 +11,22 @@ import numpy as np
 # Seed ranges of the synthetic splits. Test seeds are never used for training or calibration.
 SPLIT_SEEDS = {"train": 100_000, "val": 200_000, "test": 900_000}
 
+# Test seeds per lesion stratum (``synth.make_case(stratum=...)``): each stratum's test cases
+# come from their own range, used by nothing else; "subtle" (today's generator) keeps the
+# historical 900000 range. Train and validation seeds are shared by all strata.
+TEST_STRATUM_SEEDS = {"subtle": 900_000, "glioma": 910_000, "stroke": 920_000}
+STRATUM_SEED_SPAN = 10_000  # seeds per stratum range (ranges never overlap)
 
-def split_seeds(split: str, n: int) -> list[int]:
-    return [SPLIT_SEEDS[split] + i for i in range(n)]
+
+def split_seeds(split: str, n: int, stratum: str = "subtle") -> list[int]:
+    """The first ``n`` seeds of a split; the test split's range depends on the lesion stratum."""
+    if split != "test":
+        return [SPLIT_SEEDS[split] + i for i in range(n)]
+    if stratum not in TEST_STRATUM_SEEDS:
+        raise ValueError(f"unknown stratum {stratum!r} ({', '.join(TEST_STRATUM_SEEDS)})")
+    if n > STRATUM_SEED_SPAN:
+        raise ValueError(f"at most {STRATUM_SEED_SPAN} test seeds per stratum, asked for {n}")
+    return [TEST_STRATUM_SEEDS[stratum] + i for i in range(n)]
 
 
 @dataclass

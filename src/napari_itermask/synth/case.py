@@ -20,18 +20,19 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 
+from . import glioma, stroke
 from . import lesions as subtle_lesions
 from .acquisition import acquire, draw_acquisition
 from .anatomy import make_anatomy
-from .contrast import normal_tissue
+from .contrast import enhancing_structures, normal_tissue
 from .templates import ANATOMIES
 
 __all__ = ["KINDS", "MODALITIES", "STRATA", "SynthCase", "make_case", "make_healthy",
            "to_nifti", "write_case"]
 
-MODALITIES = ("flair", "t1", "t2")
+MODALITIES = ("flair", "t1", "t2", "t1ce")
 KINDS = ("tumour", "stroke", "any")
-STRATA = ("subtle",)
+STRATA = ("glioma", "stroke", "subtle")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SynthCase:
     lesions: list = field(default_factory=list)  # one dict per lesion
     stratum: str = "subtle"
     anatomy: str = "icbm152"
+    extras: dict = field(default_factory=dict)  # e.g. T1CE enhancing structures' shares
 
     @property
     def voxel_size(self) -> float:
@@ -76,7 +78,7 @@ def make_case(
     *,
     stratum: str = "subtle",
     anatomy: str = "icbm152",
-    n_lesions: int | tuple[int, int] = (1, 3),
+    n_lesions: int | tuple[int, int] | None = None,
     kind: str = "any",
     voxel_size: float = 1.5,
     leftover: bool = False,
@@ -91,16 +93,33 @@ def make_case(
     case stays the same.
     """
     modality, kind, seed, vs = _check(modality, kind, seed, voxel_size, stratum, anatomy)
+    if n_lesions is None:  # each stratum's own count: subtle 1-3, one glioma, one infarct
+        n_lesions = (1, 3) if stratum == "subtle" else 1
     mi = MODALITIES.index(modality)
     anat = make_anatomy(seed, vs, anatomy)
     shape = anat.brain.shape
+    n_wanted = n_lesions if isinstance(n_lesions, (tuple, list)) else int(n_lesions)
+    tumour = None
+    if stratum == "glioma" and n_wanted != 0:
+        anat, tumour = glioma.add_glioma(seed, anat, modality, mi)
 
     irng = np.random.default_rng([seed, 10 + mi])
     mu, par, cs = normal_tissue(irng, anat, modality)
     acq = draw_acquisition(irng)
+    extra = {}
+    if modality == "t1ce":
+        extra = enhancing_structures(seed, anat, mu, cs)
 
-    lesion_frac, lesions = subtle_lesions.add_lesions(seed, anat, mu, par, cs, modality, mi,
-                                                      n_lesions, kind)
+    if stratum == "subtle":
+        lesion_frac, lesions = subtle_lesions.add_lesions(seed, anat, mu, par, cs, modality, mi,
+                                                          n_lesions, kind)
+    elif stratum == "stroke":
+        lesion_frac, lesions = stroke.add_strokes(seed, anat, mu, par, cs, modality, mi,
+                                                  n_lesions)
+    elif tumour is not None:
+        lesion_frac, lesions = tumour(mu, par, cs)
+    else:
+        lesion_frac, lesions = np.zeros(shape, np.float32), []
 
     label = ((lesion_frac >= 0.5) & anat.brain).astype(np.uint8)
     # per-lesion statistics on the final (union) label
@@ -135,13 +154,15 @@ def make_case(
         lesions=lesions,
         stratum=stratum,
         anatomy=anatomy,
+        extras=extra,
     )
 
 
 def make_healthy(modality: str, seed: int, *, voxel_size: float = 1.5,
-                 leftover: bool = False) -> SynthCase:
+                 leftover: bool = False, anatomy: str = "icbm152") -> SynthCase:
     """A lesion-free case (same anatomy as ``make_case`` with that seed)."""
-    return make_case(modality, seed, n_lesions=0, voxel_size=voxel_size, leftover=leftover)
+    return make_case(modality, seed, n_lesions=0, voxel_size=voxel_size, leftover=leftover,
+                     anatomy=anatomy)
 
 
 def to_nifti(case: SynthCase) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TISSUE_RATIOS", "lesion_means", "necrosis_mean", "normal_tissue", "tissue_means"]
+__all__ = ["T1_LIKE", "TISSUE_RATIOS", "enhancing_structures", "lesion_means", "necrosis_mean",
+           "normal_tissue", "tissue_means"]
 
 
 # Nominal tissue means relative to the WM mean, and the +- relative jitter
@@ -20,7 +21,9 @@ TISSUE_RATIOS = {
     "t1": (0.70, 0.30),
     "t2": (1.40, 2.80),
     "flair": (1.30, 0.25),
+    "t1ce": (0.70, 0.30),  # post-contrast T1: T1 tissue; enhancing structures are added apart
 }
+T1_LIKE = ("t1", "t1ce")  # contrasts where lesions are darker than the tissue they replace
 TISSUE_JITTER = 0.12
 
 # Lesion contrast ranges (see lesion_means).  For FLAIR and T2 the value t is
@@ -37,7 +40,7 @@ def tissue_means(rng, modality: str):
     gm = wm * rg * rng.uniform(1 - j, 1 + j)
     csf = wm * rc * rng.uniform(1 - j, 1 + j)
     # keep the ordering whatever the draw
-    if modality == "t1":
+    if modality in T1_LIKE:
         gm = min(gm, 0.85 * wm)
         csf = min(csf, 0.6 * gm)
     elif modality == "t2":
@@ -93,3 +96,36 @@ def normal_tissue(irng, anat, modality: str):
         else:
             par += t
     return mu, par, cs
+
+
+def enhancing_structures(seed: int, anat, mu, cs: np.ndarray) -> dict:
+    """Normal structures that enhance on post-contrast T1 (stream ``[seed, 400]``), written into
+    the CSF part of the signal ``cs`` in place: choroid plexus (blobs in the deep ventricular
+    CSF) and vessels / dural folds (thin sheets and tubes in the superficial sulcal CSF).
+    Returns their shares of the brain for the record."""
+    from scipy import ndimage
+
+    from . import fields
+
+    rng = np.random.default_rng([seed, 400])
+    vs = anat.voxel_size
+    depth_mm = ndimage.distance_transform_edt(anat.brain) * vs
+    # choroid plexus: about a fifth of the deep ventricular CSF, 1.3-1.8 x WM
+    vent = (anat.csf > 0.8) & (depth_mm > 25.0)
+    blob = fields.smooth_fields(rng, anat.brain.shape, 4.0 / vs, 1)[0]
+    plexus = np.zeros(anat.brain.shape, np.float32)
+    if vent.any():
+        cut = np.quantile(blob[vent], 0.8)
+        plexus = fields.profile((blob - np.float32(cut)) * np.float32(4.0), 1.0) * vent
+    # vessels and dura: a thin iso-surface band of a smooth field in superficial CSF
+    sulcal = (anat.csf > 0.4) & (depth_mm < 8.0)
+    band = fields.smooth_fields(rng, anat.brain.shape, 3.0 / vs, 1)[0]
+    vessel = fields.profile(np.float32(0.12) - np.abs(band), 0.08) * sulcal
+    v_plexus = mu["wm"] * rng.uniform(1.3, 1.8)
+    v_vessel = mu["wm"] * rng.uniform(1.1, 1.6)
+    for frac, val in ((plexus, v_plexus), (vessel, v_vessel)):
+        # a share ``frac`` of the voxel's CSF compartment becomes enhancing tissue
+        cs += frac.astype(np.float32) * (np.float32(val) * anat.csf - cs)
+    n = max(int(anat.brain.sum()), 1)
+    return {"plexus_share": float((plexus >= 0.5).sum() / n),
+            "vessel_share": float((vessel >= 0.5).sum() / n)}

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from . import fields
 from .anatomy import Anatomy
-from .contrast import lesion_means, necrosis_mean
+from .contrast import T1_LIKE, lesion_means, necrosis_mean
 
 __all__ = ["MIN_LESION_VOXELS", "add_lesions", "paint", "stroke_geometry", "tumour_geometry"]
 
@@ -75,7 +75,8 @@ def tumour_geometry(rng, anat: Anatomy, vs: float):
                   depth=1.0 - r_o)]
     if has_core:
         dc = [d[i] - np.float32(sum(rot[i, k] * core_shift[k] for k in range(3))) for i in range(3)]
-        rc = fields.ellipsoid_radius(dc, rot, semi_c) * (1.0 + np.float32(irr_c) * np.tanh(noise[1]))
+        rc = fields.ellipsoid_radius(dc, rot, semi_c)
+        rc *= 1.0 + np.float32(irr_c) * np.tanh(noise[1])
         f_c = fields.profile((1.0 - rc) * scale_c, width_c) * brain
         comps.append(dict(sl=sl, f=f_c, spared=False, role="core", depth=None))
         if necrotic:
@@ -158,18 +159,19 @@ def stroke_geometry(rng, anat: Anatomy, vs: float):
     return [dict(sl=sl, f=f, g=g, spared=True, role="lesion", depth=None)], info
 
 
-def paint(comps, info, *, val_main, val_core, val_necro, het, grad, sign, margin, alpha,
-          anat: Anatomy, mu, par, cs, lesion_frac, modality: str) -> None:
-    """Write one lesion's components into the signal (in place) and its fraction into
-    ``lesion_frac``; the blending rules of the module docstring."""
+def paint(comps, info, *, values: dict, het, grad, sign, margin, alpha, anat: Anatomy, mu, par,
+          cs, lesion_frac, label_roles=("lesion", "oedema", "core")) -> None:
+    """Write one lesion's components into the signal (in place) and, for the roles in
+    ``label_roles``, its fraction into ``lesion_frac``; the blending rules of the module
+    docstring.  ``values`` maps a role to its nominal mean ("main" for lesion and oedema); each
+    other role's mean is recorded in ``info`` as ``<role>_contrast`` (x WM mean)."""
     for comp in comps:
         sl, f, role = comp["sl"], comp["f"], comp["role"]
-        if role == "core":
-            val, info["core_contrast"] = val_core, float(val_core / mu["wm"])
-        elif role == "necrosis":
-            val, info["necrosis_contrast"] = val_necro, float(val_necro / mu["wm"])
+        if role in ("lesion", "oedema"):
+            val = values["main"]
         else:
-            val = val_main
+            val = values[role]
+            info[f"{role}_contrast"] = float(val / mu["wm"])
         lv = np.float32(het) * anat.tex_coarse[1][sl] + np.float32(1.0)
         lv += np.float32(0.5 * het) * anat.tex_fine[sl]
         if comp["depth"] is not None and grad > 0:
@@ -195,7 +197,7 @@ def paint(comps, info, *, val_main, val_core, val_necro, het, grad, sign, margin
             pr += f * (lv - pr)
             c = cs[sl]
             c -= f * c
-        if role != "necrosis":
+        if role in label_roles:
             np.maximum(lesion_frac[sl], f, out=lesion_frac[sl])
 
 
@@ -234,20 +236,20 @@ def add_lesions(seed: int, anat: Anatomy, mu, par, cs, modality: str, mi: int,
         sev_m = float(np.clip(severity + crng.normal(0.0, 0.1), 0.0, 1.0))
         main = lesion_means(sev_m, mu, modality)
         # a solid tumour core: on FLAIR/T2 as bright or brighter, on T1 darker
-        if modality == "t1":
+        if modality in T1_LIKE:
             core = lesion_means(min(1.0, sev_m + crng.uniform(0.0, 0.4)), mu, modality)
         else:
             core = lesion_means(min(1.0, sev_m + crng.uniform(-0.1, 0.35)), mu, modality)
         necro = necrosis_mean(crng, mu, modality)
         het = crng.uniform(0.04, 0.10) if k == "tumour" else crng.uniform(0.03, 0.07)
         grad = crng.uniform(0.05, 0.3)  # oedema: stronger towards the core
-        sign = -1.0 if modality == "t1" else 1.0
+        sign = -1.0 if modality in T1_LIKE else 1.0
         margin = crng.uniform(0.04, 0.1)
         alpha = lrng.uniform(0.3, 0.8) if k == "stroke" else lrng.uniform(0.0, 0.5)
         info.update(severity=float(severity), contrast=float(main / mu["wm"]))
-        paint(comps, info, val_main=main, val_core=core, val_necro=necro, het=het, grad=grad,
-              sign=sign, margin=margin, alpha=alpha, anat=anat, mu=mu, par=par, cs=cs,
-              lesion_frac=lesion_frac, modality=modality)
+        paint(comps, info, values={"main": main, "core": core, "necrosis": necro}, het=het,
+              grad=grad, sign=sign, margin=margin, alpha=alpha, anat=anat, mu=mu, par=par,
+              cs=cs, lesion_frac=lesion_frac)
         info["_comps"] = comps
         lesions.append(info)
     return lesion_frac, lesions

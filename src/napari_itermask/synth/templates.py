@@ -37,8 +37,8 @@ from scipy import ndimage, special
 __all__ = [
     "ANATOMIES",
     "ANATOMY_FILES",
-    "RawTissue",
     "TEMPLATE_FILES",
+    "RawTissue",
     "anatomy_dir",
     "canonical_array",
     "fit_mixture",
@@ -168,7 +168,7 @@ def to_isotropic(arrays, affine: np.ndarray):
     t = float(s.min())
     if np.allclose(s, t, rtol=1e-6, atol=0):
         return list(arrays), affine
-    shape = tuple(int(math.floor((n - 1) * si / t + 1e-6)) + 1 for n, si in zip(arrays[0].shape, s))
+    shape = tuple(math.floor((n - 1) * si / t + 1e-6) + 1 for n, si in zip(arrays[0].shape, s))
     out = [
         ndimage.affine_transform(np.asarray(a, np.float64), t / s, output_shape=shape, order=1,
                                  mode="nearest")

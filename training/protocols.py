@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_itermask.core.metrics import dice, size_stratum
+from napari_itermask.core.metrics import (  # noqa: F401  (the slab is re-exported)
+    CENTRAL_SLAB,
+    axial_position,
+    dice,
+    size_stratum,
+    slab_slices,
+)
 
 __all__ = [
     "CENTRAL_SLAB",
@@ -45,12 +51,6 @@ __all__ = [
     "sweep_global_threshold",
     "verdict",
 ]
-
-# The central slab as a fraction (lo, hi) of the brain's inferior → superior extent: a slice
-# belongs to it when its centre lies at lo <= f < hi (f = 0 the lowest brain slice's lower edge,
-# 1 the highest one's upper edge). Stands for the reference's BraTS axial slices 70–89 of 155;
-# provisional until measured on the SRI24 atlas. The only place the slab is defined.
-CENTRAL_SLAB = (0.50, 0.63)
 
 # A model-grid pixel is lesion when more than this share of its area is lesion after the label
 # is area-resized to the model grid: 0 = any partial-volume lesion counts, as in the reference.
@@ -100,33 +100,6 @@ def label_from_fraction(fraction: np.ndarray) -> np.ndarray:
     """The reference's label rule on the model grid: lesion where the area-resized lesion
     fraction exceeds ``LABEL_MIN_FRACTION`` (0: any partial-volume lesion pixel counts)."""
     return np.asarray(fraction) > LABEL_MIN_FRACTION
-
-
-def axial_position(brain_pixels) -> np.ndarray:
-    """Each axial slice's centre as a fraction of the brain's inferior → superior extent.
-
-    ``brain_pixels`` (N,) is ordered inferior → superior (the model grid's slice order). The
-    extent runs from the lower edge of the first slice with brain (0) to the upper edge of the
-    last (1): slice k sits at f = (k + ½ − first) / (last + 1 − first). NaN outside the extent.
-    """
-    bp = np.asarray(brain_pixels)
-    f = np.full(bp.shape, np.nan)
-    has = np.nonzero(bp > 0)[0]
-    if has.size:
-        first, last = int(has[0]), int(has[-1])
-        k = np.arange(first, last + 1)
-        f[first:last + 1] = (k + 0.5 - first) / (last + 1 - first)
-    return f
-
-
-def slab_slices(brain_pixels, slab: tuple[float, float] = CENTRAL_SLAB) -> np.ndarray:
-    """Indices of the slices in the central slab: ``axial_position`` f with lo <= f < hi."""
-    lo, hi = map(float, slab)
-    if not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"slab must satisfy 0 <= lo < hi <= 1, got {slab}")
-    f = axial_position(brain_pixels)
-    with np.errstate(invalid="ignore"):
-        return np.nonzero((f >= lo) & (f < hi))[0]
 
 
 def choose_slice(lesion_pixels, brain_pixels, slab: tuple[float, float] = CENTRAL_SLAB

@@ -17,11 +17,22 @@ __all__ = [
     "ssim_normal",
     "size_stratum",
     "SIZE_BINS",
+    "CENTRAL_SLAB",
+    "axial_position",
+    "slab_slices",
     "lesion_detection",
     "best_threshold_dice",
 ]
 
 SIZE_BINS = (200, 800)  # pixels at 128² (small < 200 ≤ medium ≤ 800 < large)
+
+# The paper protocol's central slab as a fraction (lo, hi) of the brain's inferior → superior
+# extent: a slice belongs to it when its centre lies at lo <= f < hi (f = 0 the lowest brain
+# slice's lower edge, 1 the highest one's upper edge). The reference scores BraTS axial slices
+# 70–89 of 155; on the SRI24 atlas in BraTS space (brain in slices 6–139) those span 0.48–0.63
+# of the brain's extent (docs/benchmark.md). The only place the slab is defined: the paper
+# protocol chooses its slice there and the glioma stratum places its tumours across it.
+CENTRAL_SLAB = (0.48, 0.63)
 
 
 def confusion(pred, gt) -> tuple[int, int, int]:
@@ -122,3 +133,30 @@ def lesion_detection(pred, gt, min_overlap: int = 1) -> tuple[int, int]:
         return 0, 0
     hits = np.bincount(comp[pred], minlength=n + 1)[1:]
     return int((hits >= min_overlap).sum()), int(n)
+
+
+def axial_position(brain_pixels) -> np.ndarray:
+    """Each axial slice's centre as a fraction of the brain's inferior → superior extent.
+
+    ``brain_pixels`` (N,) is ordered inferior → superior (the model grid's slice order). The
+    extent runs from the lower edge of the first slice with brain (0) to the upper edge of the
+    last (1): slice k sits at f = (k + ½ − first) / (last + 1 − first). NaN outside the extent.
+    """
+    bp = np.asarray(brain_pixels)
+    f = np.full(bp.shape, np.nan)
+    has = np.nonzero(bp > 0)[0]
+    if has.size:
+        first, last = int(has[0]), int(has[-1])
+        k = np.arange(first, last + 1)
+        f[first:last + 1] = (k + 0.5 - first) / (last + 1 - first)
+    return f
+
+
+def slab_slices(brain_pixels, slab: tuple[float, float] | None = None) -> np.ndarray:
+    """Indices of the slices in the central slab: ``axial_position`` f with lo <= f < hi."""
+    lo, hi = map(float, CENTRAL_SLAB if slab is None else slab)
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"slab must satisfy 0 <= lo < hi <= 1, got {slab}")
+    f = axial_position(brain_pixels)
+    with np.errstate(invalid="ignore"):
+        return np.nonzero((f >= lo) & (f < hi))[0]

@@ -22,6 +22,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
+from ..core.metrics import slab_slices
 from . import fields
 from .anatomy import Anatomy
 from .contrast import T1_LIKE
@@ -36,19 +37,15 @@ MODEL_PIXEL_MM = 1.875  # the model grid's pixel (the reference: 240 mm at 128 p
 # measured area around it, which tests/test_synth_strata.py checks on out-of-split seeds.
 SIZE_SHARES = (0.08, 0.46, 0.46)
 AREA_BINS_PX = ((90.0, 200.0), (200.0, 800.0), (800.0, 1500.0))
-# The central slab as fractions of the brain's inferior-superior extent (the reference's
-# BraTS slices 70-89 of 155; docs/benchmark.md §3).  One definition, used by the paper protocol.
-CENTRAL_SLAB = (0.50, 0.63)
 
 
-def central_slab_z(brain: np.ndarray, slab=CENTRAL_SLAB) -> tuple[int, int]:
-    """Inclusive axial (last axis, RAS) slice range of the central slab of ``brain``."""
-    zs = np.flatnonzero(np.asarray(brain, bool).any(axis=(0, 1)))
-    if len(zs) == 0:
+def central_slab_z(brain: np.ndarray) -> tuple[int, int]:
+    """Inclusive axial (last axis, RAS) slice range of the central slab of ``brain``
+    (``core.metrics.CENTRAL_SLAB``, the paper protocol's definition)."""
+    ks = slab_slices(np.asarray(brain, bool).sum(axis=(0, 1)))
+    if ks.size == 0:
         raise ValueError("empty brain mask")
-    lo, hi = int(zs[0]), int(zs[-1])
-    ext = hi - lo
-    return lo + int(math.floor(slab[0] * ext + 0.5)), lo + int(math.floor(slab[1] * ext + 0.5))
+    return int(ks[0]), int(ks[-1])
 
 
 def _draw_area_px(rng) -> float:

@@ -9,7 +9,7 @@ from napari_itermask.cli import main
 def test_demo_headless_prints_dice(capsys, tiny_model_dir):
     assert main(["demo", "--headless", "--model", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
-    assert "Dice" in out and "sample: synthetic flair" in out
+    assert "Dice" in out and "sample: synthetic flair, glioma stratum" in out
 
 
 @pytest.mark.gui

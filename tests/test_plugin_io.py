@@ -58,7 +58,7 @@ def test_manifest_is_valid_and_complete():
     assert mf.display_name == "napari-itermask"
     assert {"*.nii", "*.nii.gz"} <= set(c.readers[0].filename_patterns)
     assert c.writers[0].layer_types == ["labels"] and ".nii.gz" in c.writers[0].filename_extensions
-    assert {s.key for s in c.sample_data} == {"flair", "t1", "t2"}
+    assert {s.key for s in c.sample_data} == {"flair", "t1", "t2", "t1ce", "flair_subtle"}
     assert c.widgets[0].display_name == "IterMask² lesion segmentation"
 
 
@@ -188,3 +188,4 @@ def test_sample_opens_with_ground_truth(make_napari_viewer):
     np.testing.assert_allclose(gt.affine.affine_matrix, img.affine.affine_matrix)
     np.testing.assert_allclose(img.metadata["affine"], gt.metadata["affine"])
     assert img.metadata["synthetic"] and img.metadata["display"]
+    assert img.metadata["stratum"] == "glioma"  # the paper's case is the default sample

@@ -1,6 +1,7 @@
-"""File ▸ Open Sample: synthetic skull-stripped FLAIR, T1 and T2 brains with lesions.
+"""File ▸ Open Sample: synthetic skull-stripped FLAIR, T1, T2 and T1CE brains with lesions.
 
-Each sample is an Image layer (placed and described exactly like a scan opened by the reader)
+The samples are of the ``glioma`` stratum, the paper's BraTS-like case (docs/benchmark.md);
+``sample_flair_subtle`` is the small, faint lesions of the ``subtle`` stratum.  Each sample is an Image layer (placed and described exactly like a scan opened by the reader)
 and its ground-truth Labels layer, both from ``synth.make_case``. The seed is fixed, so the
 same sample comes back every time (the command line's ``itermask demo`` uses the same one).
 """
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 from ._layers import derived_kwargs, image_layer_data, to_layer_shape
 
-__all__ = ["case_layers", "sample_flair", "sample_t1", "sample_t2", "SAMPLE_SEED"]
+__all__ = ["case_layers", "sample_flair", "sample_flair_subtle", "sample_t1", "sample_t1ce",
+           "sample_t2", "SAMPLE_SEED", "SAMPLE_STRATUM"]
 
 SAMPLE_SEED = 12345
+SAMPLE_STRATUM = "glioma"
 
 
 class _Named:
@@ -35,7 +38,8 @@ def case_layers(case) -> list[tuple]:
     lesions = [{k: v for k, v in les.items() if isinstance(v, (int, float, str, tuple))}
                for les in case.lesions]
     image[1]["metadata"].update(
-        {"synthetic": True, "modality": case.modality, "seed": case.seed, "lesions": lesions})
+        {"synthetic": True, "modality": case.modality, "seed": case.seed, "lesions": lesions,
+         "stratum": case.stratum})
     from napari.utils.colormaps import DirectLabelColormap
 
     green = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
@@ -46,10 +50,10 @@ def case_layers(case) -> list[tuple]:
     return [image, (to_layer_shape(case.label, _Named(image[0], image[1])), gt, "labels")]
 
 
-def _sample(modality: str) -> list[tuple]:
+def _sample(modality: str, stratum: str = SAMPLE_STRATUM) -> list[tuple]:
     from . import synth
 
-    return case_layers(synth.make_case(modality, SAMPLE_SEED))
+    return case_layers(synth.make_case(modality, SAMPLE_SEED, stratum=stratum))
 
 
 def sample_flair() -> list[tuple]:
@@ -62,3 +66,11 @@ def sample_t1() -> list[tuple]:
 
 def sample_t2() -> list[tuple]:
     return _sample("t2")
+
+
+def sample_t1ce() -> list[tuple]:
+    return _sample("t1ce")
+
+
+def sample_flair_subtle() -> list[tuple]:
+    return _sample("flair", "subtle")

@@ -156,8 +156,10 @@ def cmd_sample(args) -> int:
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    case = synth.make_case(args.modality, args.seed, n_lesions=1 if args.one else (1, 3),
-                           voxel_size=args.voxel_size)
+    if args.one and args.stratum != "subtle":
+        raise OutputError("--one applies to the subtle stratum only (the others have one lesion)")
+    case = synth.make_case(args.modality, args.seed, stratum=args.stratum,
+                           n_lesions=1 if args.one else None, voxel_size=args.voxel_size)
     stem = f"sample{args.seed}"
     targets = [out / f"{stem}_{args.modality}.nii.gz", out / f"{stem}_{args.modality}_label.nii.gz"]
     for t in targets:
@@ -210,7 +212,7 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(headless=args.headless, modality=args.modality, seed=args.seed,
-                    model=args.model, device=args.device)
+                    stratum=args.stratum, model=args.model, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,11 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     sa = sub.add_parser("sample", help="write a synthetic scan with a lesion and its ground truth")
-    sa.add_argument("--modality", default="flair", choices=["flair", "t1", "t2"])
+    sa.add_argument("--modality", default="flair", choices=["flair", "t1", "t2", "t1ce"])
+    sa.add_argument("--stratum", default="glioma", choices=["glioma", "stroke", "subtle"],
+                    help="lesion distribution (docs/benchmark.md): glioma = the paper's BraTS-like "
+                         "case (default), stroke = ATLAS-like infarcts, subtle = small faint lesions")
     sa.add_argument("-o", "--output", required=True, help="folder to write into")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--voxel-size", type=float, default=1.5, help="isotropic voxel size (mm)")
-    sa.add_argument("--one", action="store_true", help="exactly one lesion")
+    sa.add_argument("--one", action="store_true", help="exactly one lesion (subtle stratum)")
     sa.add_argument("--overwrite", action="store_true")
     sa.set_defaults(func=cmd_sample)
 
@@ -261,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--headless", action="store_true",
                    help="no window: segment a sample and print Dice against its ground truth")
     d.add_argument("--modality", default="flair", choices=["flair", "t1", "t2"])
+    d.add_argument("--stratum", default="glioma", choices=["glioma", "stroke", "subtle"],
+                   help="lesion distribution of the sample (default: glioma, the paper's case)")
     d.add_argument("--seed", type=int, default=12345)
     d.add_argument("--model", default=None, help="model (default: the modality's bundled one)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

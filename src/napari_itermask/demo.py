@@ -13,14 +13,14 @@ from .errors import ItermaskError
 
 
 def run_demo(headless: bool = False, modality: str = "flair", seed: int = 12345,
-             model: str | None = None, device: str = "auto") -> int:
+             model: str | None = None, device: str = "auto", stratum: str = "glioma") -> int:
     from . import synth
     from .core.metrics import dice, precision, sensitivity
     from .models import load_bundle
     from .pipeline import pick_device, segment_scan
     from .volume import scan_from_array
 
-    case = synth.make_case(modality, seed)
+    case = synth.make_case(modality, seed, stratum=stratum)
     if not headless:
         return _open_viewer(case, model or modality)
     bundle = load_bundle(model or modality, device=pick_device(device))
@@ -34,7 +34,8 @@ def run_demo(headless: bool = False, modality: str = "flair", seed: int = 12345,
     gt = case.label > 0
     pred = res.labels > 0
     prov = res.provenance
-    print(f"sample: synthetic {modality}, seed {seed}, {len(case.lesions)} lesion(s), "
+    print(f"sample: synthetic {modality}, {stratum} stratum, seed {seed}, "
+          f"{len(case.lesions)} lesion(s), "
           f"{gt.sum() * scan.voxel_volume_mm3 / 1000:.2f} mL true lesion volume")
     print(f"model: {bundle.name} (sha256 {bundle.sha256[:12]}…), tau={prov['tau']:.4g}, "
           f"threshold={prov['threshold']:.4g}, {prov['forward_passes']} forward passes, "

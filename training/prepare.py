@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_itermask.core.metrics import CENTRAL_SLAB, slab_slices
 from napari_itermask.models import ModelCard
 from napari_itermask.volume import load_scan, scan_from_array, to_model_grid
 
@@ -35,34 +36,55 @@ def grid_kwargs(args) -> dict:
     return dict(grid=args.grid, pixel_size_mm=args.pixel_size, normalisation=args.normalisation)
 
 
-def _keep(vol, min_brain: int, exclude=None):
+def _keep(vol, min_brain: int, exclude=None, slab: str = "all"):
+    """Slices with enough brain, minus ``exclude``; with ``slab="central"`` only those of the
+    central slab (``core.metrics.CENTRAL_SLAB``), as the reference trains on its test slab."""
     n_brain = vol.brain.reshape(len(vol.brain), -1).sum(1)
     keep = n_brain >= min_brain
     if exclude is not None:
         keep &= ~exclude
+    if slab == "central":
+        in_slab = np.zeros(len(keep), bool)
+        in_slab[slab_slices(n_brain)] = True
+        keep &= in_slab
     return np.nonzero(keep)[0]
 
 
+def slab_meta(slab: str):
+    """How the slices were selected, for the data description in the model card."""
+    return list(CENTRAL_SLAB) if slab == "central" else "all"
+
+
 def from_synth(modality: str, seeds, args, *, lesions: bool = False) -> SliceSet:
+    """Synthetic brains; seed i uses anatomy ``anatomies[i % len(anatomies)]``."""
     from napari_itermask import synth
 
+    anatomies = [a.strip() for a in args.anatomies.split(",") if a.strip()]
+    bad = [a for a in anatomies if a not in synth.ANATOMIES]
+    if not anatomies or bad:
+        raise SystemExit(f"--anatomies must name some of {', '.join(synth.ANATOMIES)}")
     xs, bs, ls, vids = [], [], [], []
     for i, seed in enumerate(seeds):
-        case = synth.make_case(modality, seed, n_lesions=(1, 3) if lesions else 0,
+        anatomy = anatomies[i % len(anatomies)]
+        case = synth.make_case(modality, seed, n_lesions=None if lesions else 0,
+                               stratum=args.stratum, anatomy=anatomy,
                                voxel_size=args.voxel_size)
         scan = scan_from_array(case.image, case.affine, name=f"synth{seed}")
         vol = to_model_grid(scan, **grid_kwargs(args))
-        idx = _keep(vol, args.min_brain)
+        idx = _keep(vol, args.min_brain, slab=args.slab)
         xs.append(vol.x[idx])
         bs.append(vol.brain[idx])
         vids.append(np.full(len(idx), i))
         if lesions:
             lab = vol.geometry.to_model(case.label.astype(np.float32), order=1) > 0.5
             ls.append(lab[idx] & vol.brain[idx])
-        log(f"synth {modality} seed {seed}: {len(idx)} slices")
+        log(f"synth {modality} seed {seed} ({anatomy}): {len(idx)} slices")
     meta = {"source": "synth", "modality": modality, "seeds": list(map(int, seeds)),
             "voxel_size": args.voxel_size, "lesions": lesions, **grid_kwargs(args),
-            "min_brain_pixels": args.min_brain}
+            "min_brain_pixels": args.min_brain, "anatomies": anatomies,
+            "slices": slab_meta(args.slab)}
+    if lesions:
+        meta["stratum"] = args.stratum
     return SliceSet(np.concatenate(xs), np.concatenate(bs), meta,
                     np.concatenate(ls) if lesions else None, np.concatenate(vids))
 
@@ -74,11 +96,12 @@ def from_folder(folder: Path, args) -> SliceSet:
     xs, bs, vids = [], [], []
     for i, f in enumerate(files):
         vol = to_model_grid(load_scan(f), **grid_kwargs(args))
-        idx = _keep(vol, args.min_brain)
+        idx = _keep(vol, args.min_brain, slab=args.slab)
         xs.append(vol.x[idx]), bs.append(vol.brain[idx]), vids.append(np.full(len(idx), i))
         log(f"{f.name}: {len(idx)} slices")
     meta = {"source": "folder", "folder": str(folder), "files": [f.name for f in files],
-            **grid_kwargs(args), "min_brain_pixels": args.min_brain}
+            **grid_kwargs(args), "min_brain_pixels": args.min_brain,
+            "slices": slab_meta(args.slab)}
     return SliceSet(np.concatenate(xs), np.concatenate(bs), meta, None, np.concatenate(vids))
 
 
@@ -102,14 +125,14 @@ def from_brats(folder: Path, modality: str, args) -> SliceSet:
         tumour = np.asarray(nib.load(str(seg)).dataobj) > 0
         t_model = vol.geometry.to_model(tumour.astype(np.float32), order=1, antialias=False) > 0
         has_tumour = t_model.reshape(len(t_model), -1).any(1)
-        idx = _keep(vol, args.min_brain, exclude=has_tumour)
+        idx = _keep(vol, args.min_brain, exclude=has_tumour, slab=args.slab)
         xs.append(vol.x[idx]), bs.append(vol.brain[idx]), vids.append(np.full(len(idx), i))
         log(f"{case.name}: {len(idx)} tumour-free slices")
     if not xs:
         raise SystemExit("no usable BraTS cases")
     meta = {"source": "brats", "folder": str(folder), "modality": modality,
             "cases": [c.name for c in cases], **grid_kwargs(args),
-            "min_brain_pixels": args.min_brain}
+            "min_brain_pixels": args.min_brain, "slices": slab_meta(args.slab)}
     return SliceSet(np.concatenate(xs), np.concatenate(bs), meta, None, np.concatenate(vids))
 
 
@@ -124,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic seed range (test seeds are never used for training)")
     p.add_argument("--n", type=int, default=60, help="number of synthetic brains")
     p.add_argument("--lesions", action="store_true", help="synthetic brains with lesions")
+    p.add_argument("--stratum", default="subtle", choices=["glioma", "stroke", "subtle"],
+                   help="lesion stratum of --lesions sets (docs/benchmark.md)")
+    p.add_argument("--anatomies", default="icbm152",
+                   help="comma-separated healthy anatomies the synthetic brains cycle through "
+                        "(icbm152, sri24, mni152, itk_subject; keep one out for the "
+                        "leave-one-anatomy-out test)")
+    p.add_argument("--slab", default="all", choices=["all", "central"],
+                   help="keep every slice with enough brain, or only the central slab's "
+                        "(the reference's training data; recorded in the card)")
     p.add_argument("--voxel-size", type=float, default=1.5, help="synthetic voxel size (mm)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N BraTS cases")
     p.add_argument("--grid", type=int, default=DEFAULTS.grid_size)
@@ -137,8 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.source == "synth":
-        if args.modality == "t1ce":
-            raise SystemExit("synthetic brains have no t1ce contrast")
         ds = from_synth(args.modality, split_seeds(args.split, args.n), args,
                         lesions=args.lesions)
         ds.meta["split"] = args.split

@@ -1,9 +1,22 @@
-"""Shared fixtures: tiny models with known behaviour and small phantom scans."""
+"""Shared fixtures: every test isolated from the user's files, tiny models, phantom scans.
+
+Isolation: the suite runs on developers' machines, so no test may read or change a user's
+napari-itermask settings, their model folder or napari's own settings (a stray ``"model"`` in the
+real settings file silently changes what the widget preselects afterwards). The autouse
+``isolated_home`` fixture points HOME, the XDG folders, the plugin's ``ITERMASK_CONFIG_DIR`` /
+``ITERMASK_MODEL_DIR`` and napari's settings at the test's own ``tmp_path``; the session-wide
+``real_home_untouched`` check fails the run (as a teardown error) when anything under the real
+locations changed anyway.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +27,112 @@ if str(ROOT) not in sys.path:  # the training/ scripts live at the repository ro
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(1)
+
+
+# -- isolation from the user's files -------------------------------------------------------------
+def real_locations(env) -> list[Path]:
+    """Where the plugin and napari keep a user's state, computed from the unpatched ``env``.
+
+    Called once at import, before any fixture redirects HOME or the XDG folders.
+    """
+    home = Path(env.get("HOME") or os.path.expanduser("~"))
+    config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+    places = [config / "napari-itermask", data / "napari-itermask"]
+    for var in ("ITERMASK_CONFIG_DIR", "ITERMASK_MODEL_DIR", "NAPARI_CONFIG"):
+        if env.get(var):
+            places.append(Path(env[var]))
+    try:  # napari's settings file for this interpreter (napari keys it by the environment)
+        from napari.utils._base import _DEFAULT_CONFIG_PATH
+
+        places.append(Path(_DEFAULT_CONFIG_PATH).parent)
+    except Exception:  # pragma: no cover - napari missing or changed: the rest still counts
+        pass
+    return places
+
+
+def snapshot(places) -> dict[str, tuple]:
+    """Every file and folder under ``places`` with its size and modification time."""
+    out: dict[str, tuple] = {}
+    for place in map(Path, places):
+        if not place.exists():
+            out[str(place)] = ("absent",)
+            continue
+        items = [place] + (sorted(place.rglob("*")) if place.is_dir() else [])
+        for item in items:
+            try:
+                st = item.stat()
+            except OSError:
+                continue
+            out[str(item)] = ("dir",) if item.is_dir() else ("file", st.st_size, st.st_mtime_ns)
+    return out
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """Readable differences between two snapshots (created, removed or modified paths)."""
+    out = []
+    for path in sorted(set(before) | set(after)):
+        b, a = before.get(path, ("absent",)), after.get(path, ("absent",))
+        if b == a:
+            continue
+        if b == ("absent",):
+            out.append(f"created {path}")
+        elif a == ("absent",):
+            out.append(f"removed {path}")
+        else:
+            out.append(f"modified {path}")
+    return out
+
+
+_REAL_ENV = dict(os.environ)
+REAL_HOME = Path(_REAL_ENV.get("HOME") or os.path.expanduser("~"))
+# napari reads NAPARI_CONFIG once, when napari.settings is first imported: pointing it at a
+# scratch file here covers anything that imports napari before a test's fixtures run.
+_SESSION_SCRATCH = Path(tempfile.mkdtemp(prefix="itermask-tests-"))
+os.environ["NAPARI_CONFIG"] = str(_SESSION_SCRATCH / "napari" / "settings.yaml")
+REAL_LOCATIONS = real_locations(_REAL_ENV)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_home_untouched():
+    """Fail the run when any test created, changed or removed a user's settings or models."""
+    before = snapshot(REAL_LOCATIONS)
+    yield REAL_LOCATIONS
+    shutil.rmtree(_SESSION_SCRATCH, ignore_errors=True)
+    diff = changes(before, snapshot(REAL_LOCATIONS))
+    if diff:
+        pytest.fail("tests wrote to the user's real files:\n  " + "\n  ".join(diff[:20]),
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(monkeypatch, tmp_path):
+    """This test's own HOME, XDG folders, plugin settings/model folders and napari settings."""
+    home = tmp_path / "home"
+    paths = SimpleNamespace(
+        home=home,
+        config=home / ".config",
+        data=home / ".local" / "share",
+        itermask_config=tmp_path / "itermask-config",
+        models=tmp_path / "itermask-models",
+        napari_config=tmp_path / "napari" / "settings.yaml",
+        napari_settings=None,
+    )
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(paths.config))
+    monkeypatch.setenv("XDG_DATA_HOME", str(paths.data))
+    monkeypatch.setenv("ITERMASK_CONFIG_DIR", str(paths.itermask_config))
+    monkeypatch.setenv("ITERMASK_MODEL_DIR", str(paths.models))
+    monkeypatch.setenv("NAPARI_CONFIG", str(paths.napari_config))  # for child processes
+    if "napari.settings" in sys.modules:  # else the NAPARI_CONFIG above is what napari reads
+        napari_settings = sys.modules["napari.settings"]
+        fresh = napari_settings.NapariSettings(config_path=None)  # never read or written
+        monkeypatch.setattr(napari_settings, "_SETTINGS", fresh)
+        monkeypatch.setattr(napari_settings, "_PLUGIN_SETTINGS", {})
+        monkeypatch.setattr(napari_settings, "_CFG_PATH", str(paths.napari_config))
+        paths.napari_settings = fresh
+    return paths
 
 
 def phantom(shape=(60, 70, 40), lesion=True, value=100.0, lesion_value=220.0, seed=0):

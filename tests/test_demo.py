@@ -13,7 +13,8 @@ def test_demo_headless_prints_dice(capsys, tiny_model_dir):
 
 
 @pytest.mark.gui
-def test_demo_opens_viewer_with_sample_and_widget(make_napari_viewer, monkeypatch, qtbot):
+def test_demo_opens_viewer_with_sample_and_widget(make_napari_viewer, monkeypatch, qtbot,
+                                                  isolated_home):
     viewer = make_napari_viewer(show=True)
     monkeypatch.setattr(napari, "Viewer", lambda **kw: viewer)
     monkeypatch.setattr(napari, "run", lambda *a, **k: None)
@@ -24,3 +25,8 @@ def test_demo_opens_viewer_with_sample_and_widget(make_napari_viewer, monkeypatc
     assert any("IterMask" in name for name in docks)
     inner = next(w for name, w in docks.items() if "IterMask" in name)
     qtbot.waitUntil(inner.parent().isVisible, timeout=5000)
+    # the widget remembers the demo's model in this test's own settings folder, not the user's
+    import json
+
+    stored = json.loads((isolated_home.itermask_config / "settings.json").read_text())
+    assert stored["model"] == "t1"

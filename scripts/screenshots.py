@@ -83,12 +83,12 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_itermask import synth
-    from napari_itermask._sample_data import SAMPLE_SEED, SAMPLE_STRATUM, case_layers
+    from napari_itermask._sample_data import SAMPLE_STRATUM, case_layers, sample_seed
     from napari_itermask._widget import TITLE, IterMaskWidget
 
     tmp = Path(tempfile.mkdtemp(prefix="itermask-shots-"))
     model = _pick_model(args.model, tmp)
-    case = synth.make_case("flair", SAMPLE_SEED, stratum=SAMPLE_STRATUM)
+    case = synth.make_case("flair", sample_seed(), stratum=SAMPLE_STRATUM)
     viewer = napari.Viewer(title="napari-itermask", show=True)
     viewer.window.resize(1500, 950)
     layers = [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in case_layers(case)]

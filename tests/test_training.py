@@ -371,6 +371,17 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
         with pytest.raises(SystemExit, match="LABEL=MODEL"):
             evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality",
                            "flair", "--data", str(data), "--variant", bad, "--out", str(out)])
+    # --baseline-polarity: the AE and DAE maps (and their healthy thresholds) count only that
+    # sign, as the paper's best DAE variants do; IterMask²'s own error is untouched
+    thr = {}
+    for pol in ("bright", "dark"):
+        o = tmp_path / f"res_{pol}"
+        evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
+                       "--data", str(data), "--baselines", str(tmp_path / "base"),
+                       "--baseline-polarity", pol, "--protocol", "clinical", "--out", str(o)])
+        thr[pol] = json.loads((o / "results.json").read_text())["thresholds"]
+    assert thr["bright"]["DAE"] != thr["dark"]["DAE"] and thr["bright"]["AE"] != thr["dark"]["AE"]
+    assert thr["bright"]["itermask"] == thr["dark"]["itermask"] == res["thresholds"]["itermask"]
     # the -freq slot refuses a model that was trained with x_f
     with pytest.raises(SystemExit, match="guidance"):
         evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",

@@ -367,6 +367,8 @@ def main(argv=None) -> int:
                         "card threshold (e.g. the x_f-guided model where the shipped one is "
                         "not); repeatable")
     p.add_argument("--out", required=True, help="folder for results.json and results.md")
+    p.add_argument("--baseline-polarity", choices=["both", "bright", "dark"], default=None,
+                   help="deviations the AE and DAE maps count (default: the model card's)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -378,7 +380,10 @@ def main(argv=None) -> int:
     if val.label is not None and val.label.any():
         raise SystemExit("--val must be healthy")
     sigma, rim = bundle.card.error_smoothing, bundle.card.error_rim
-    pol = bundle.card.error_polarity  # the AE and DAE maps count the same deviations
+    # the AE and DAE maps count the same deviations as the loop, unless --baseline-polarity
+    # gives them another sign (the paper's best DAE variant per contrast: FLAIR and T2 bright,
+    # T1 dark, T1CE both, docs/benchmark.md)
+    pol = args.baseline_polarity or bundle.card.error_polarity
     val_region = inner_region(val.brain, rim)  # where healthy false positives are counted
 
     def smoothed(score, brain, region, outside=0.0):

@@ -44,11 +44,9 @@ def real_locations(env) -> list[Path]:
             places.append(Path(env[var]))
     try:  # napari's settings file for this interpreter (napari keys it by the environment)
         from napari.utils._base import _DEFAULT_CONFIG_PATH
-
-        places.append(Path(_DEFAULT_CONFIG_PATH).parent)
-    except Exception:  # pragma: no cover - napari missing or changed: the rest still counts
-        pass
-    return places
+    except ImportError:  # pragma: no cover - napari missing or changed: the rest still counts
+        return places
+    return [*places, Path(_DEFAULT_CONFIG_PATH).parent]
 
 
 def snapshot(places) -> dict[str, tuple]:

@@ -1,10 +1,12 @@
 """Training recipe smoke tests on tiny data: prepare, train/resume, calibrate, metrics."""
 
 import csv
+import json
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
 from napari_itermask.core.metrics import (
@@ -409,3 +411,28 @@ def test_evaluate_can_give_validation_cases_skull_strip_leftovers():
                                   "size_dice": {}, "detected": 1, "lesions": 1,
                                   "best_dice": 0.5, "ssim_normal": 0.9}}]}, ["itermask"])
     assert "1 val volumes with skull-strip leftovers," in md.splitlines()[0]
+
+
+def test_dae_noise_sign_is_its_intensity_prior():
+    from training.baselines import coarse_noise
+
+    shape = (3, 1, 32, 32)
+    both = coarse_noise(shape, np.random.default_rng(0))
+    pos = coarse_noise(shape, np.random.default_rng(0), sign="positive")
+    neg = coarse_noise(shape, np.random.default_rng(0), sign="negative")
+    assert (both < 0).any() and (both > 0).any()
+    assert (pos >= 0).all() and (neg <= 0).all() and pos.abs().max() > 0.1
+    # the same draws, folded: the magnitudes agree wherever no sign change blurs them
+    assert torch.allclose(pos, -neg)
+    with pytest.raises(ValueError, match="noise"):
+        coarse_noise(shape, np.random.default_rng(0), sign="up")
+
+
+def test_dae_trains_with_positive_noise_and_records_it(tiny_data, tmp_path):
+    from training.train import load_checkpoint
+
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "dae", "--steps", "2",
+                "--batch", "2", "--dae-noise", "positive", "--out", str(tmp_path),
+                "--threads", "1"])
+    state = load_checkpoint(tmp_path / "dae.ckpt")
+    assert json.loads(state["extra"])["dae_noise"] == "positive"

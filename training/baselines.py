@@ -51,11 +51,26 @@ def build_baseline(kind: str, preset: str) -> nn.Module:
     raise ValueError(f"unknown baseline {kind!r}")
 
 
-def coarse_noise(shape, rng: np.random.Generator, std: float = 0.2 * 6.0, grid: int = 16):
+DAE_NOISE = ("both", "positive", "negative")
+
+
+def coarse_noise(shape, rng: np.random.Generator, std: float = 0.2 * 6.0, grid: int = 16,
+                 sign: str = "both"):
     """Kascenas-style coarse noise: N(0, std) on a grid×grid lattice, bilinearly upsampled.
 
     ``std`` is in normalised units (the p90 normalisation spans about 6 units over the brain).
+    ``sign`` is the noise's range, the intensity prior of the paper's DAE variants: ``both``
+    = [−∞, +∞] (Kascenas's own), ``positive`` = [0, +∞] (the lattice values folded to their
+    absolute value: the paper's best DAE on FLAIR and T2, whose lesions are hyper-intense),
+    ``negative`` = [−∞, 0] (its best on T1). The same draws in every case, only folded.
     """
+    if sign not in DAE_NOISE:
+        raise ValueError(f"DAE noise sign must be one of {DAE_NOISE}, got {sign!r}")
     n, _, h, w = shape
-    low = torch.from_numpy(rng.normal(0.0, std, (n, 1, grid, grid)).astype(np.float32))
-    return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    low = rng.normal(0.0, std, (n, 1, grid, grid)).astype(np.float32)
+    if sign == "positive":
+        low = np.abs(low)
+    elif sign == "negative":
+        low = -np.abs(low)
+    return F.interpolate(torch.from_numpy(low), size=(h, w), mode="bilinear",
+                         align_corners=False)

@@ -256,7 +256,9 @@ def load_baselines(run: Path, preset: str) -> dict:
             m = build_baseline(kind, preset)
             m.load_state_dict(state["model"])
             models[kind.upper()] = m.eval()
-            log(f"baseline {kind}: {int(state['step'])} steps")
+            noise = json.loads(state.get("extra") or "{}").get("dae_noise")
+            log(f"baseline {kind}: {int(state['step'])} steps"
+                + (f", noise {noise}" if kind == "dae" and noise else ""))
     return models
 
 
@@ -381,8 +383,8 @@ def main(argv=None) -> int:
         raise SystemExit("--val must be healthy")
     sigma, rim = bundle.card.error_smoothing, bundle.card.error_rim
     # the AE and DAE maps count the same deviations as the loop, unless --baseline-polarity
-    # gives them another sign (the paper's best DAE variant per contrast: FLAIR and T2 bright,
-    # T1 dark, T1CE both, docs/benchmark.md)
+    # gives them another sign (the DAE's intensity prior is its training noise, train
+    # --dae-noise; this only chooses which residuals its map counts)
     pol = args.baseline_polarity or bundle.card.error_polarity
     val_region = inner_region(val.brain, rim)  # where healthy false positives are counted
 

@@ -63,8 +63,9 @@ class Batcher:
 
     def __init__(self, data: SliceSet, net: str, sampler: MaskSampler, radius: float,
                  seed: int, augment: bool = False, guidance: bool = True,
-                 leftover_prob: float = 0.0):
+                 leftover_prob: float = 0.0, dae_noise: str = "both"):
         self.data, self.net, self.sampler, self.radius = data, net, sampler, radius
+        self.dae_noise = dae_noise
         self.guidance = guidance
         self.rng = np.random.default_rng(seed)
         self.augment = augment
@@ -110,7 +111,7 @@ class Batcher:
             from .baselines import coarse_noise
 
             brain_t = torch.from_numpy(brain)[:, None]
-            return xt + coarse_noise(xt.shape, self.rng) * brain_t, xt
+            return xt + coarse_noise(xt.shape, self.rng, sign=self.dae_noise) * brain_t, xt
         xf = high_pass(xt, self.radius)
         if self.net == "first":
             return xf, xt
@@ -137,9 +138,10 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def evaluate_loss(model, data: SliceSet, net: str, sampler, radius: float, device,
-                  n: int = 64, seed: int = 12345, guidance: bool = True) -> float:
+                  n: int = 64, seed: int = 12345, guidance: bool = True,
+                  dae_noise: str = "both") -> float:
     """Validation loss on a fixed draw of slices and masks (the same every time)."""
-    b = Batcher(data, net, sampler, radius, seed, guidance=guidance)
+    b = Batcher(data, net, sampler, radius, seed, guidance=guidance, dae_noise=dae_noise)
     model.eval()
     losses = []
     with torch.no_grad():
@@ -240,7 +242,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     sampler = MaskSampler(size=train.x.shape[-1], wide_prob=args.wide_mask_prob)
     batcher = Batcher(train, net, sampler, args.radius, seed=args.seed * 7919 + step + 104729 * rank,
                       augment=args.augment, guidance=not args.no_guidance,
-                      leftover_prob=args.leftover_prob)
+                      leftover_prob=args.leftover_prob, dae_noise=args.dae_noise)
     log_path = out / f"{net}_log.csv"
     new_log = not log_path.exists() or step == 0
     logf = open(log_path, "w" if new_log else "a", newline="")
@@ -257,7 +259,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
              "wide_mask_prob": args.wide_mask_prob, "augment": args.augment,
              "leftover_prob": args.leftover_prob, "batch": batch,
              "masked_guidance": not args.no_guidance, "init_from": args.init_from,
-             "lr": lr, "world": world}
+             "lr": lr, "world": world, "dae_noise": args.dae_noise if net == "dae" else None}
     while step < steps:
         cur_lr = lr_at(step, steps, lr, recipe["warmup"])
         for g in opt.param_groups:
@@ -272,7 +274,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         val_loss = ""
         if rank == 0 and val is not None and (step % args.val_every == 0 or step == steps):
             vl = evaluate_loss(model, val, net, sampler, args.radius, device,
-                               guidance=not args.no_guidance)
+                               guidance=not args.no_guidance, dae_noise=args.dae_noise)
             val_loss = f"{vl:.6f}"
         if rank == 0:
             writer.writerow([step, f"{loss.item():.6f}", val_loss, f"{cur_lr:.3g}",
@@ -300,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="validation slices (.npz) for the validation curve")
     p.add_argument("--net", default="both", choices=["first", "masked", "both", "ae", "dae"],
                    help="both = the two IterMask² nets; ae / dae = baselines")
+    p.add_argument("--dae-noise", default="both", choices=["both", "positive", "negative"],
+                   help="the DAE's noise range (its intensity prior): both = [-inf, +inf], "
+                        "positive = [0, +inf] (the paper's best on FLAIR/T2), negative = "
+                        "[-inf, 0] (its best on T1)")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--steps", type=int, default=0, help="total steps (default: the recipe's)")
     p.add_argument("--batch", type=int, default=0, help="batch per process (default: recipe)")

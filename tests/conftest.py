@@ -104,16 +104,21 @@ def real_home_untouched():
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(monkeypatch, tmp_path):
-    """This test's own HOME, XDG folders, plugin settings/model folders and napari settings."""
-    home = tmp_path / "home"
+def isolated_home(monkeypatch, tmp_path_factory):
+    """This test's own HOME, XDG folders, plugin settings/model folders and napari settings.
+
+    They live in a fresh folder beside (not inside) ``tmp_path``, which tests may expect empty.
+    """
+    root = tmp_path_factory.mktemp("isolated-home")
+    home = root / "home"
     paths = SimpleNamespace(
+        root=root,
         home=home,
         config=home / ".config",
         data=home / ".local" / "share",
-        itermask_config=tmp_path / "itermask-config",
-        models=tmp_path / "itermask-models",
-        napari_config=tmp_path / "napari" / "settings.yaml",
+        itermask_config=root / "itermask-config",
+        models=root / "itermask-models",
+        napari_config=root / "napari" / "settings.yaml",
         napari_settings=None,
     )
     home.mkdir()

@@ -14,13 +14,15 @@ def _under(path, folder) -> bool:
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
-def test_user_locations_point_into_the_tests_tmp(isolated_home, tmp_path):
+def test_user_locations_point_into_the_tests_tmp(isolated_home, tmp_path_factory):
     from napari_itermask._settings import load_settings, save_settings, settings_path
     from napari_itermask.models import user_dir
 
-    assert _under(Path.home(), tmp_path) and not _under(Path.home(), REAL_HOME)
-    assert _under(settings_path(), tmp_path)
-    assert _under(user_dir(), tmp_path)
+    scratch = isolated_home.root
+    assert _under(scratch, tmp_path_factory.getbasetemp())  # pytest's folder for this run
+    assert _under(Path.home(), scratch) and not _under(Path.home(), REAL_HOME)
+    assert _under(settings_path(), scratch)
+    assert _under(user_dir(), scratch)
     assert save_settings({"model": "t1"})
     assert (isolated_home.itermask_config / "settings.json").is_file()
     assert load_settings()["model"] == "t1"
@@ -33,15 +35,16 @@ def test_every_test_starts_from_the_default_settings():
     assert load_settings() == DEFAULTS
 
 
-def test_napari_settings_are_never_the_users(tmp_path):
+def test_napari_settings_are_never_the_users(isolated_home, tmp_path):
     import napari.settings as napari_settings
     from napari.settings import get_settings
 
     cfg = get_settings().config_path
-    allowed = (tmp_path, conftest._SESSION_SCRATCH)
+    allowed = (isolated_home.root, conftest._SESSION_SCRATCH)
     assert cfg is None or any(_under(cfg, a) for a in allowed), cfg
     assert any(_under(napari_settings._CFG_PATH, a) for a in allowed)
-    assert not any(_under(p, tmp_path) for p in conftest.REAL_LOCATIONS)
+    assert not any(_under(cfg or napari_settings._CFG_PATH, p) for p in conftest.REAL_LOCATIONS)
+    assert not any(tmp_path.iterdir())  # the isolation leaves the test's own folder empty
 
 
 def test_the_real_home_check_sees_every_kind_of_change(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -16,23 +17,79 @@ from . import __version__
 from .errors import InputError, ItermaskError, OutputError
 
 EXIT_ERROR = 1
+DEFAULT_MODEL = "flair"
+
+#: File-name tokens that say which contrast a scan is, and the contrast each means. A token is
+#: a run of letters and digits between ``_``, ``-``, ``.`` or spaces, compared case-insensitively.
+CONTRAST_TOKENS = {"flair": "flair", "t1": "t1", "t1w": "t1", "t2": "t2", "t2w": "t2",
+                   "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce"}
+#: The bundled model for each contrast; contrast-enhanced T1 has none (yet).
+BUNDLED_FOR = {"flair": "flair", "t1": "t1", "t2": "t2"}
+#: Trailing parts ``evaluate`` removes from a file's stem before pairing predictions with truth.
+LABEL_SUFFIXES = ("_label", "_labels", "_lesions", "_seg", "_mask")
+
+MODEL_HELP = (
+    "bundled/user model name or folder. Default: chosen from each input's file name, by a "
+    "token (between _ - . or spaces, any case) naming the contrast: flair -> flair; t1 or t1w "
+    "-> t1; t2 or t2w -> t2; t1ce, t1c or t1gd -> no bundled model, so flair with a warning; no "
+    "or several contrast tokens -> flair. A warning is printed whenever the file name and the "
+    "model's contrast differ")
+EVALUATE_RULE = (
+    "Folders are paired by stem: from each file name, .nii.gz or .nii is removed and then one "
+    "trailing " + ", ".join(LABEL_SUFFIXES) + " (any case), so sample's scan_label.nii.gz pairs "
+    "with segment's scan_lesions.nii.gz. Where a folder holds both scan.nii.gz and a labelled "
+    "name such as scan_label.nii.gz, the labelled file is used. Error maps (*_error.nii*) are "
+    "skipped. Unpaired files are listed on stderr; nothing paired is an error.")
+
+
+def _nifti_stem(name: str) -> str | None:
+    """A file name without its .nii / .nii.gz suffix; None for anything else."""
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
 
 
 def _out_name(inp: Path) -> str:
-    name = inp.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return f"{name}_lesions.nii.gz"
+    stem = _nifti_stem(inp.name)
+    return f"{inp.name if stem is None else stem}_lesions.nii.gz"
 
 
-def _load_model(spec: str, device: str, quiet: bool = False):
+def contrast_hints(path) -> set[str]:
+    """The contrasts a scan's file name names (see CONTRAST_TOKENS); usually none or one."""
+    name = Path(path).name
+    stem = _nifti_stem(name) or name
+    return {CONTRAST_TOKENS[t] for t in re.split(r"[^0-9a-z]+", stem.lower())
+            if t in CONTRAST_TOKENS}
+
+
+def choose_model(inp, explicit: str | None) -> tuple[str, str | None, str]:
+    """(model spec, the file name's contrast or None, why this model) for one input.
+
+    Users run ``segment`` on T1 or T2 scans without thinking of ``--model``; silently using the
+    FLAIR model there gives confident nonsense, so the file name decides when nothing else does.
+    """
+    hints = contrast_hints(inp)
+    hint = next(iter(hints)) if len(hints) == 1 else None
+    if explicit:
+        return explicit, hint, "--model"
+    if hint in BUNDLED_FOR:
+        return BUNDLED_FOR[hint], hint, f"the file name says {hint}"
+    if len(hints) > 1:
+        return DEFAULT_MODEL, None, ("the default; the file name names several contrasts ("
+                                     + ", ".join(sorted(hints)) + ")")
+    return DEFAULT_MODEL, hint, "the default"
+
+
+def _load_model(spec: str, device: str, quiet: bool = False, why: str = "--model"):
+    """Load a model and say on stderr which one it is: name, contrast, weights' sha256 prefix."""
     from .models import load_bundle
     from .pipeline import pick_device
 
     dev = pick_device(device)
     bundle = load_bundle(spec, device=dev)
+    print(f"model: {bundle.name} ({bundle.card.modality}, sha256 {bundle.sha256[:12]}…), {why}",
+          file=sys.stderr)
     if not bundle.card.trained:
         print(
             f"WARNING: model {bundle.name!r} is UNTRAINED (a placeholder); its segmentations "
@@ -48,11 +105,30 @@ def _error_map_path(target: Path) -> Path:
     return target.with_name(target.name.replace(".nii", "_error.nii", 1))
 
 
-def cmd_segment(args) -> int:
-    from .export import check_target, sidecar_path, write_image, write_labels
-    from .pipeline import segment_scan
-    from .volume import load_brain_mask, load_scan
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, outermost first."""
+    missing = []
+    f = folder
+    while not f.exists() and f != f.parent:
+        missing.append(f)
+        f = f.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+    return missing[::-1]
 
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Undo ``_make_folder`` after a failure, folder by folder, only while they are empty."""
+    for f in reversed(created):
+        try:
+            f.rmdir()
+        except OSError:
+            return
+
+
+def cmd_segment(args) -> int:
     inputs = [Path(p) for p in args.inputs]
     out = Path(args.output)
     if len(inputs) > 1:
@@ -63,10 +139,6 @@ def cmd_segment(args) -> int:
         targets = [out / _out_name(p) for p in inputs]
         if len(set(targets)) != len(targets):
             raise InputError("two inputs share a file name; their outputs would collide")
-        if not out.exists():
-            parent = out.parent if str(out.parent) else Path(".")
-            if not parent.is_dir():
-                raise OutputError(f"output folder {parent} does not exist")
     else:
         if out.is_dir():
             raise OutputError(f"{out} is a folder; with one input -o names the label file")
@@ -74,19 +146,31 @@ def cmd_segment(args) -> int:
     # validate everything before any work: inputs readable, targets writable
     for p in inputs:
         if not p.is_file():
-            raise InputError(f"input {p} does not exist" if not p.exists() else f"{p} is not a file")
-    if len(inputs) > 1:
-        out.mkdir(exist_ok=True)
+            raise InputError(f"input {p} does not exist" if not p.exists()
+                             else f"{p} is not a file")
+    # missing output folders are created (and removed again, if still empty, on a failure)
+    created = _make_folder(out if len(inputs) > 1 else (out.parent if str(out.parent) else
+                                                        Path(".")))
+    try:
+        return _segment_all(args, inputs, targets)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _segment_all(args, inputs, targets) -> int:
+    from .export import check_target, sidecar_path, write_image, write_labels
+    from .pipeline import pick_device, segment_scan
+    from .volume import load_brain_mask, load_scan
+
     for t in targets:
         check_target(t, args.overwrite)
         err_path = _error_map_path(t)
         if args.save_error_map and err_path.exists() and not args.overwrite:
             raise OutputError(f"{err_path} exists; pass --overwrite to replace it")
 
-    from .pipeline import pick_device
-
     pick_device(args.device)  # fail early on a device that is not there
-    bundle = None
+    bundles: dict[str, object] = {}
     for inp, target in zip(inputs, targets):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -94,8 +178,14 @@ def cmd_segment(args) -> int:
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         mask = load_brain_mask(args.brain_mask, scan) if args.brain_mask else None
-        if bundle is None:  # after the first scan is known to be usable
-            bundle = _load_model(args.model, args.device, args.quiet)
+        spec, hint, why = choose_model(inp, args.model)
+        if spec not in bundles:  # after the first scan is known to be usable
+            bundles[spec] = _load_model(spec, args.device, args.quiet or bool(bundles), why)
+        bundle = bundles[spec]
+        if hint and hint != bundle.card.modality:
+            extra = "" if hint in BUNDLED_FOR else f"; no bundled model is for {hint} scans"
+            print(f"warning: {inp.name} looks like a {hint} scan (file name) but model "
+                  f"{bundle.name!r} is for {bundle.card.modality} scans{extra}", file=sys.stderr)
 
         def progress(state, _name=inp.name):
             if not args.quiet:
@@ -170,6 +260,54 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def pairing_stem(name: str) -> tuple[str, bool] | None:
+    """(stem, whether a label suffix was removed) by EVALUATE_RULE; None for a non-NIfTI name."""
+    stem = _nifti_stem(name)
+    if stem is None:
+        return None
+    for suffix in LABEL_SUFFIXES:
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)], True
+    return stem, False
+
+
+def _by_stem(folder: Path, role: str) -> dict[str, Path]:
+    """The folder's NIfTI files keyed by pairing stem; a labelled name wins over a bare one."""
+    found: dict[str, list[tuple[bool, Path]]] = {}
+    for f in sorted(folder.iterdir()):
+        key = pairing_stem(f.name) if f.is_file() else None
+        if key is None or (_nifti_stem(f.name) or "").lower().endswith("_error"):
+            continue
+        found.setdefault(key[0], []).append((key[1], f))
+    out = {}
+    for stem, files in found.items():
+        labelled = [f for is_label, f in files if is_label] or [f for _, f in files]
+        if len(labelled) > 1:
+            names = ", ".join(f.name for f in labelled)
+            raise InputError(f"{role} folder {folder} has several files for {stem!r} ({names})")
+        out[stem] = labelled[0]
+    return out
+
+
+def pair_by_stem(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
+    """Prediction/ground-truth pairs of two folders by EVALUATE_RULE; unpaired ones on stderr.
+
+    ``sample`` names truth ``*_label`` and ``segment`` names results ``*_lesions``, so pairing
+    by the full name (as before) found nothing for the two commands' own outputs.
+    """
+    preds, gts = _by_stem(pred_dir, "prediction"), _by_stem(gt_dir, "ground-truth")
+    common = sorted(set(preds) & set(gts))
+    if not common:
+        raise InputError(f"no prediction in {pred_dir} ({len(preds)} found) pairs with a ground "
+                         f"truth in {gt_dir} ({len(gts)} found) by file stem (rule: itermask "
+                         "evaluate --help)")
+    for stem in sorted(set(preds) - set(gts)):
+        print(f"itermask: note: no ground truth for {preds[stem].name}", file=sys.stderr)
+    for stem in sorted(set(gts) - set(preds)):
+        print(f"itermask: note: no prediction for {gts[stem].name}", file=sys.stderr)
+    return [(preds[s], gts[s]) for s in common]
+
+
 def cmd_evaluate(args) -> int:
     from .core.metrics import dice, precision, sensitivity
     from .volume import _read_nifti
@@ -177,20 +315,15 @@ def cmd_evaluate(args) -> int:
     def pairs():
         p, g = Path(args.pred), Path(args.gt)
         if p.is_dir() and g.is_dir():
-            for pf in sorted(p.glob("*.nii*")):
-                gf = g / pf.name
-                if not gf.exists():
-                    raise InputError(f"no ground truth named {pf.name} in {g}")
-                yield pf, gf
-        elif p.is_dir() or g.is_dir():
+            return pair_by_stem(p, g)
+        if p.is_dir() or g.is_dir():
             raise InputError("--pred and --gt must both be files or both be folders")
-        else:
-            yield p, g
+        return [(p, g)]
 
     rows = []
     for pf, gf in pairs():
-        pi, pr = _read_nifti(pf, "prediction")
-        gi, gr = _read_nifti(gf, "ground truth")
+        _, pr = _read_nifti(pf, "prediction")
+        _, gr = _read_nifti(gf, "ground truth")
         if pr.shape != gr.shape:
             raise InputError(f"{pf.name}: shape {pr.shape} differs from ground truth {gr.shape}")
         pm, gm = (pr > 0), (gr > 0)
@@ -204,7 +337,8 @@ def cmd_evaluate(args) -> int:
         print(f"{name:<40} {d:6.3f} {s:6.3f} {p:6.3f}")
     arr = np.array([r[1:] for r in rows], float)
     means = np.nanmean(arr, axis=0)
-    print(f"{'mean (' + str(len(rows)) + ' cases)':<40} {means[0]:6.3f} {means[1]:6.3f} {means[2]:6.3f}")
+    label = f"mean ({len(rows)} cases)"
+    print(f"{label:<40} {means[0]:6.3f} {means[1]:6.3f} {means[2]:6.3f}")
     return 0
 
 
@@ -226,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment lesions in one or more NIfTI scans")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="skull-stripped NIfTI scan(s)")
     s.add_argument("-o", "--output", required=True,
-                   help="label file for one input; a folder for several")
-    s.add_argument("--model", default="flair", help="bundled/user model name or folder (flair)")
+                   help="label file for one input; a folder for several (missing folders are "
+                        "created)")
+    s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--brain-mask", metavar="FILE", help="brain mask NIfTI on the scan's grid")
     s.add_argument("--threshold", type=float, help="segmentation threshold (default: the card's)")
@@ -257,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--overwrite", action="store_true")
     sa.set_defaults(func=cmd_sample)
 
-    e = sub.add_parser("evaluate", help="Dice, sensitivity, precision of predictions vs truth")
+    e = sub.add_parser("evaluate", help="Dice, sensitivity, precision of predictions vs truth",
+                       epilog=EVALUATE_RULE)
     e.add_argument("--pred", required=True, help="prediction file or folder")
-    e.add_argument("--gt", required=True, help="ground-truth file or folder (same file names)")
+    e.add_argument("--gt", required=True,
+                   help="ground-truth file or folder (paired by stem, see below)")
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="open napari with a sample and the widget")

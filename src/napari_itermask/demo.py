@@ -1,19 +1,82 @@
 """``itermask demo``: the embedded default end to end.
 
 With a screen: napari opens with a synthetic sample scan and the IterMask² widget docked.
-Headless: the sample is segmented with a bundled model and Dice against its ground truth printed.
+Headless: the sample is segmented with a bundled model and Dice against its ground truth printed,
+with progress on stderr (a CPU run takes minutes; silence reads as a hang).
+
+Without a display Qt does not raise: it aborts the whole process (exit 134) with a hint about
+libxcb-cursor that sends users the wrong way. So the display is checked before any Qt object
+exists, and the error names ``--headless``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from .errors import ItermaskError
 
+#: Seconds between two progress lines of a headless run (the last state is always shown).
+PROGRESS_INTERVAL_S = 1.0
+#: Qt platform plugins that draw through a display server (X11 or Wayland).
+_SERVER_PLATFORMS = ("xcb", "wayland")
+
+
+def display_problem(env=None, platform: str | None = None) -> str | None:
+    """Why napari's window cannot open here, or None when it can (as far as can be told).
+
+    Only Linux is checked: there Qt needs ``DISPLAY`` (X11) or ``WAYLAND_DISPLAY`` unless
+    ``QT_QPA_PLATFORM`` names a platform without a display server (offscreen, minimal, eglfs…).
+    """
+    env = os.environ if env is None else env
+    platform = sys.platform if platform is None else platform
+    if not platform.startswith("linux") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        return None
+    wanted = [p.split(":")[0].strip().lower()
+              for p in env.get("QT_QPA_PLATFORM", "").split(";") if p.strip()]
+    if wanted and not all(p.startswith(_SERVER_PLATFORMS) for p in wanted):
+        return None  # e.g. offscreen or minimal: Qt needs no display server
+    return ("no display to open napari on (DISPLAY and WAYLAND_DISPLAY are unset); run "
+            "'itermask demo --headless' for the text report, or start napari in a desktop "
+            "session or under xvfb-run")
+
+
+class Progress:
+    """Prints 'iteration k, n/N slices still shrinking, t s' to stderr, at most once per
+    ``interval`` seconds, plus the final state; overwrites one line on a terminal."""
+
+    def __init__(self, label: str, interval: float | None = None, stream=None,
+                 clock=time.perf_counter):
+        self.label = label
+        self.interval = PROGRESS_INTERVAL_S if interval is None else interval
+        self.stream = sys.stderr if stream is None else stream
+        self.clock = clock
+        self.start = clock()
+        self.last: float | None = None
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, state) -> None:
+        now = self.clock()
+        if not (self.last is None or now - self.last >= self.interval or state.done):
+            return
+        self.last = now
+        active = int(state.active.sum())
+        line = (f"{self.label}: iteration {state.iteration}, {active}/{state.active.size} "
+                f"slices still shrinking, {now - self.start:.1f} s")
+        if self.tty:
+            end = "\n" if state.done else ""
+            print(f"\r{line} ", end=end, file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
 
 def run_demo(headless: bool = False, modality: str = "flair", seed: int = 12345,
              model: str | None = None, device: str = "auto", stratum: str = "glioma") -> int:
+    if not headless:  # first: before seconds of imports, and before Qt can abort the process
+        problem = display_problem()
+        if problem:
+            raise ItermaskError(problem)
     from . import synth
     from .core.metrics import dice, precision, sensitivity
     from .models import load_bundle
@@ -29,7 +92,7 @@ def run_demo(headless: bool = False, modality: str = "flair", seed: int = 12345,
               file=sys.stderr)
     scan = scan_from_array(case.image, case.affine, name=f"sample {modality}")
     t0 = time.perf_counter()
-    res = segment_scan(scan, bundle)
+    res = segment_scan(scan, bundle, progress=Progress("demo"))
     dt = time.perf_counter() - t0
     gt = case.label > 0
     pred = res.labels > 0

@@ -18,6 +18,7 @@ from conftest import perturbed_bundle, phantom
 
 from napari_itermask import demo
 from napari_itermask.cli import contrast_hints, main, pairing_stem
+from napari_itermask._sample_data import sample_seed
 
 
 def run_cli(capsys, *args):
@@ -106,7 +107,7 @@ def test_headless_demo_shows_progress_and_the_same_result_as_segment_scan(
     from napari_itermask.pipeline import segment_scan
     from napari_itermask.volume import scan_from_array
 
-    case = synth.make_case("flair", 12345, stratum="glioma")
+    case = synth.make_case("flair", sample_seed("glioma"), stratum="glioma")
     scan = scan_from_array(case.image, case.affine, name="sample flair")
     res = segment_scan(scan, load_bundle(tiny_model_dir))
     prov = res.provenance

@@ -383,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa = sub.add_parser("sample", help="write a synthetic scan with a lesion and its ground truth")
     sa.add_argument("--modality", default="flair", choices=["flair", "t1", "t2", "t1ce"])
     sa.add_argument("--stratum", default="glioma", choices=["glioma", "stroke", "subtle"],
-                    help="lesion distribution (docs/benchmark.md): glioma = the paper's BraTS-like "
-                         "case (default), stroke = ATLAS-like infarcts, subtle = small faint lesions")
+                    help="lesion distribution (docs/benchmark.md): glioma = the paper's "
+                         "BraTS-like case (default), stroke = ATLAS-like infarcts, subtle = "
+                         "small faint lesions")
     sa.add_argument("-o", "--output", required=True, help="folder to write into")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--voxel-size", type=float, default=1.5, help="isotropic voxel size (mm)")
@@ -405,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--modality", default="flair", choices=["flair", "t1", "t2"])
     d.add_argument("--stratum", default="glioma", choices=["glioma", "stroke", "subtle"],
                    help="lesion distribution of the sample (default: glioma, the paper's case)")
-    d.add_argument("--seed", type=int, default=12345)
+    d.add_argument("--seed", type=int, default=None,
+                   help="sample seed (default: the stratum's napari sample, the same case as "
+                        "File > Open Sample)")
     d.add_argument("--model", default=None, help="model (default: the modality's bundled one)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     d.set_defaults(func=cmd_demo)

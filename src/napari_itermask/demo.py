@@ -71,7 +71,7 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
 
-def run_demo(headless: bool = False, modality: str = "flair", seed: int = 12345,
+def run_demo(headless: bool = False, modality: str = "flair", seed: int | None = None,
              model: str | None = None, device: str = "auto", stratum: str = "glioma") -> int:
     if not headless:  # first: before seconds of imports, and before Qt can abort the process
         problem = display_problem()
@@ -83,6 +83,9 @@ def run_demo(headless: bool = False, modality: str = "flair", seed: int = 12345,
     from .pipeline import pick_device, segment_scan
     from .volume import scan_from_array
 
+    from ._sample_data import sample_seed
+
+    seed = sample_seed(stratum) if seed is None else int(seed)
     case = synth.make_case(modality, seed, stratum=stratum)
     if not headless:
         return _open_viewer(case, model or modality)

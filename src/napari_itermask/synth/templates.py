@@ -34,6 +34,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, special
 
+from .._hash import sha256_file
+
 __all__ = [
     "ANATOMIES",
     "ANATOMY_FILES",
@@ -303,14 +305,6 @@ def tissue_fractions(t1: np.ndarray, mask: np.ndarray, spacing, *, bias_iters: i
 # --------------------------------------------------------------------------
 
 
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _from_t1(name: str, folder: pathlib.Path) -> RawTissue:
     """Fractions of a cached anatomy: from its ``.npz`` when present, else segmented and saved."""
     paths = {k: folder / rel for k, rel in ANATOMY_FILES[name].items()}
@@ -319,7 +313,7 @@ def _from_t1(name: str, folder: pathlib.Path) -> RawTissue:
             raise FileNotFoundError(
                 f"anatomy {name!r}: {p} is missing; run `python -m training.data fetch`")
     key = hashlib.sha256(
-        (_SEG_VERSION + "".join(_sha256(paths[k]) for k in sorted(paths))).encode()).hexdigest()
+        (_SEG_VERSION + "".join(sha256_file(paths[k]) for k in sorted(paths))).encode()).hexdigest()
     cache = folder / "cache" / f"{name}-{key[:16]}.npz"
     if cache.is_file():
         with np.load(cache) as z:

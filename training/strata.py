@@ -16,22 +16,30 @@ import numpy as np
 
 from napari_itermask import synth
 from napari_itermask.core.metrics import SIZE_BINS
-from napari_itermask.synth.glioma import central_slab_z
-from napari_itermask.volume import Geometry
+from napari_itermask.volume import scan_from_array, to_model_grid
+
+from . import protocols
+from .evaluate import model_grid_label
 
 TUNING_SEEDS = 950_000  # seeds 950000 + i: outside the train / val / test ranges
 
 
-def slab_areas(case, *, grid: int = 128, pixel_mm: float = 1.875) -> np.ndarray:
-    """Lesion pixels per axial slice of the central slab on the model grid (any partial-volume
-    lesion pixel counts, the paper protocol's rule)."""
-    geo = Geometry.for_scan(case.label.shape, case.affine, pixel_mm, grid, case.brain)
-    lab = geo.canonical_to_model(geo.to_canonical(case.label.astype(np.float32)), order=1,
-                                 antialias=False)
-    brain = geo.canonical_to_model(geo.to_canonical(case.brain.astype(np.float32)), order=1,
-                                   antialias=False) > 0.5
-    z0, z1 = central_slab_z(np.moveaxis(brain, 0, -1))
-    return (lab[z0:z1 + 1] > 1e-3).sum(axis=(1, 2))
+def paper_slice(case):
+    """The paper protocol's view of a case, by the protocol's own code: the case on the model
+    grid (``to_model_grid`` with its default grid), its label there by the reference's rule
+    (``evaluate.model_grid_label``) and the chosen central-slab slice (``protocols.choose_slice``;
+    None when no slab slice has lesion)."""
+    vol = to_model_grid(scan_from_array(case.image, case.affine))
+    lab = model_grid_label(vol.geometry, case.label > 0)
+    n = len(lab)
+    k = protocols.choose_slice(lab.reshape(n, -1).sum(1), vol.brain.reshape(n, -1).sum(1))
+    return vol, lab, k
+
+
+def largest_slab_area(case) -> int:
+    """Lesion pixels of the paper protocol's slice (0 when the slab holds no lesion)."""
+    _, lab, k = paper_slice(case)
+    return 0 if k is None else int(lab[k].sum())
 
 
 def size_shares(areas) -> tuple[float, float, float]:
@@ -54,12 +62,12 @@ def main(argv=None) -> int:
     for i in range(a.n):
         c = synth.make_case(a.modality, TUNING_SEEDS + i, stratum=a.stratum, anatomy=a.anatomy,
                             voxel_size=a.voxel_size)
-        areas = slab_areas(c)
+        area = largest_slab_area(c)
         vols.append(c.label.sum() * a.voxel_size**3 / 1000.0)
-        if areas.max() == 0:
+        if area == 0:
             empty += 1
             continue
-        best.append(int(areas.max()))
+        best.append(area)
     s = size_shares(best)
     print(f"{a.stratum} / {a.anatomy}: {a.n} cases, {empty} without lesion in the slab")
     print(f"largest slab slice (px at 128²): median {np.median(best):.0f}, "

@@ -27,6 +27,8 @@ from napari_itermask.core.metrics import (  # noqa: F401  (the slab is re-export
     CENTRAL_SLAB,
     axial_position,
     dice,
+    precision,
+    sensitivity,
     size_stratum,
     slab_slices,
 )
@@ -117,12 +119,9 @@ def choose_slice(lesion_pixels, brain_pixels, slab: tuple[float, float] = CENTRA
 def slice_scores(pred, gt) -> dict:
     """Dice, sensitivity and precision of one slice. A slice scored here has lesion, so an empty
     prediction found nothing: its precision counts as 0 (not NaN, which averaging would skip)."""
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    tp = int(np.count_nonzero(pred & gt))
-    n_pred, n_gt = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
-    return {"dice": dice(pred, gt),
-            "sens": tp / n_gt if n_gt else float("nan"),
-            "prec": tp / n_pred if n_pred else 0.0}
+    prec = precision(pred, gt)
+    return {"dice": dice(pred, gt), "sens": sensitivity(pred, gt),
+            "prec": 0.0 if np.isnan(prec) else prec}
 
 
 @dataclass

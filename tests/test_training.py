@@ -436,3 +436,98 @@ def test_dae_trains_with_positive_noise_and_records_it(tiny_data, tmp_path):
                 "--threads", "1"])
     state = load_checkpoint(tmp_path / "dae.ckpt")
     assert json.loads(state["extra"])["dae_noise"] == "positive"
+
+
+def test_training_cost_ledger_adds_up_across_init_from_and_resume(tiny_data, tmp_path):
+    """The card carries cumulative steps, samples seen and CPU hours: a run started from a
+    bundle adds its own segment to the bundle's history; --resume extends that segment."""
+    from napari_itermask.models import save_bundle
+    from conftest import perturbed_bundle
+    from training import calibrate
+
+    src = perturbed_bundle()
+    # an old card: only the run's own steps and batch, no CPU time
+    src.card.training = {"masked": {"steps": 700, "batch": 16}, "first": {"steps": 500,
+                                                                         "batch": 16}}
+    folder = save_bundle(src, tmp_path / "m")
+    run = tmp_path / "run"
+    base = ["--train", str(tiny_data), "--preset", "tiny", "--net", "masked", "--batch", "2",
+            "--out", str(run), "--threads", "1", "--save-every", "0"]
+    train.main([*base, "--steps", "3", "--init-from", str(folder)])
+    extra = json.loads(train.load_checkpoint(run / "masked.ckpt")["extra"])
+    hist = extra["history"]
+    assert [h["steps"] for h in hist] == [700, 3]
+    assert hist[0]["cpu_hours"] is None and hist[1]["cpu_hours"] > 0
+    cum = extra["cumulative"]
+    assert cum["steps"] == 703 and cum["samples_seen"] == 700 * 16 + 3 * 2
+    assert cum["cpu_hours_complete"] is False
+    train.main([*base, "--steps", "5", "--resume"])
+    extra2 = json.loads(train.load_checkpoint(run / "masked.ckpt")["extra"])
+    assert [h["steps"] for h in extra2["history"]] == [700, 5]
+    assert extra2["history"][1]["cpu_hours"] >= hist[1]["cpu_hours"]
+    # calibrate puts it in the card; a bundle made from that card continues the ledger
+    out = tmp_path / "b"
+    calibrate.main(["--run", str(run), "--val", str(tiny_data), "--name", "t", "--modality",
+                    "flair", "-o", str(out), "--max-slices", "3", "--first-from", str(folder)])
+    from napari_itermask.models import load_bundle
+
+    card = load_bundle(out).card
+    assert card.training["masked"]["cumulative"]["steps"] == 705
+    prior = train.prior_history(card.training, "masked", "t")
+    assert [h["steps"] for h in prior] == [700, 5]
+
+
+def test_bf16_training_step_trains_float32_weights(tiny_data, tmp_path):
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "first", "--steps", "3",
+                "--batch", "2", "--out", str(tmp_path), "--threads", "1", "--precision",
+                "bf16"])
+    ck = train.load_checkpoint(tmp_path / "first.ckpt")
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ck["model"].values())
+    assert json.loads(ck["extra"])["precision"] == "bf16"
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(2, 1, 8, 8)
+    before = net.weight.detach().clone()
+    loss = train.train_step(net, opt, x, x, "bf16")
+    assert loss.dtype == torch.float32 and not torch.equal(before, net.weight)
+
+
+def test_a_stop_signal_saves_the_checkpoint_and_starts_no_further_net(tiny_data, tmp_path,
+                                                                    monkeypatch):
+    import os
+    import signal
+
+    calls = {"n": 0}
+    real = train.train_step
+
+    def step_then_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    monkeypatch.setattr(train, "STOPPED", False)
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "both", "--steps", "50",
+                "--batch", "2", "--out", str(tmp_path), "--threads", "1", "--save-every",
+                "1000"])
+    assert train.load_checkpoint(tmp_path / "first.ckpt")["step"] == 2
+    assert not (tmp_path / "masked.ckpt").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_allocator_tuning_is_once_per_process_and_can_be_switched_off(monkeypatch):
+    from napari_itermask import allocator
+
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setenv(allocator.ENV_OFF, "1")
+    assert allocator.tune() == "disabled"
+    monkeypatch.delenv(allocator.ENV_OFF)
+    assert allocator.tune() == "disabled"  # decided once per process
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc.so.4")
+    assert allocator.tune() == "external"
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.delenv("LD_PRELOAD")
+    assert allocator.tune() in ("tuned", "unsupported")

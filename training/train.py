@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask import synth
+from napari_itermask import allocator, synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters
 
 from .common import SliceSet, log
@@ -121,6 +121,48 @@ class Batcher:
         return torch.cat([x_hat, xf if self.guidance else torch.zeros_like(xf)], dim=1), xt
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def train_step(model, opt, inp: torch.Tensor, target: torch.Tensor, precision: str = "fp32"):
+    """One optimiser step on an MSE loss; ``bf16`` runs the forward and backward under CPU/CUDA
+    autocast (weights, optimiser state and the loss stay float32). Returns the loss tensor."""
+    if precision == "bf16":
+        with torch.autocast(inp.device.type, dtype=torch.bfloat16):
+            out = model(inp)
+        loss = F.mse_loss(out.float(), target)
+    else:
+        loss = F.mse_loss(model(inp), target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def prior_history(card_training: dict, net: str, model_label: str) -> list[dict]:
+    """The training segments a bundle's network already had (``training.<net>.history`` of its
+    card). Cards older than the ledger record only their own run's ``steps`` and ``batch``:
+    that becomes one segment whose CPU time is unknown (``cpu_hours: null``)."""
+    tr = card_training.get(net, {})
+    if tr.get("history"):
+        return [dict(h) for h in tr["history"]]
+    if not tr.get("steps"):
+        return []
+    before = list(tr.get("history_of_init", []))
+    return before + [{"steps": int(tr["steps"]), "batch": int(tr.get("batch", 0)) or None,
+                      "cpu_hours": None, "precision": "fp32", "model": model_label}]
+
+
+def cumulative(history: list[dict]) -> dict:
+    """Totals over training segments: steps, samples seen, CPU hours (process CPU time, all
+    threads) and whether every segment's CPU time is known."""
+    steps = sum(int(h["steps"]) for h in history)
+    samples = sum(int(h["steps"]) * int(h["batch"] or 0) for h in history)
+    known = [h["cpu_hours"] for h in history if h.get("cpu_hours") is not None]
+    return {"steps": steps, "samples_seen": samples, "cpu_hours": round(sum(known), 6),
+            "cpu_hours_complete": len(known) == len(history)}
+
+
 def save_checkpoint(path: Path, model, opt, step: int, extra: dict) -> None:
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -181,6 +223,34 @@ def plot_curve(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+STOPPED = False  # set once a stop signal arrived: main() starts no further network
+
+
+class _StopOnSignal:
+    """SIGTERM/SIGINT during training: finish the current step, save, and stop cleanly."""
+
+    def __init__(self):
+        import signal
+
+        self.requested = False
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, frame):
+        global STOPPED
+        self.requested = STOPPED = True
+
+    def restore(self):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def _dist():
     """(rank, world) under torchrun; initialises the process group when world > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -217,11 +287,16 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ckpt = out / f"{net}.ckpt"
     step = 0
+    history: list[dict] = []  # segments before this run (from --init-from's card)
+    cpu_before = 0.0  # this run's CPU seconds before a --resume
     if args.resume and ckpt.exists():
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
+        old = json.loads(state["extra"])
+        history = old.get("history", [])[:-1] if "history" in old else []
+        cpu_before = float(old.get("run_cpu_seconds", 0.0))
         log(f"{net}: resumed at step {step}")
     elif args.init_from and net in NETS:
         from napari_itermask.models import load_bundle
@@ -230,6 +305,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         if src.card.preset != args.preset:
             raise SystemExit(f"--init-from model has preset {src.card.preset}, not {args.preset}")
         model.load_state_dict((src.first if net == "first" else src.masked).state_dict())
+        history = prior_history(src.card.training, net, f"{src.card.name} ({src.sha256[:12]})")
         log(f"{net}: initialised from model {src.card.name} ({src.sha256[:12]})")
     if step >= steps:
         log(f"{net}: already at step {step} >= {steps}")
@@ -239,6 +315,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(wrapped) if args.compile else wrapped
     sampler = MaskSampler(size=train.x.shape[-1], wide_prob=args.wide_mask_prob)
     batcher = Batcher(train, net, sampler, args.radius, seed=args.seed * 7919 + step + 104729 * rank,
                       augment=args.augment, guidance=not args.no_guidance,
@@ -254,22 +331,31 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
             f"batch {batch}×{world}, lr {lr}, steps {step}→{steps}, device {device}")
     model.train()
     t0 = time.time()
+    cpu0 = time.process_time() - cpu_before
     last_save = t0
     extra = {"net": net, "preset": args.preset, "train": train.meta, "radius": args.radius,
              "wide_mask_prob": args.wide_mask_prob, "augment": args.augment,
              "leftover_prob": args.leftover_prob, "batch": batch,
              "masked_guidance": not args.no_guidance, "init_from": args.init_from,
-             "lr": lr, "world": world, "dae_noise": args.dae_noise if net == "dae" else None}
-    while step < steps:
+             "lr": lr, "world": world, "dae_noise": args.dae_noise if net == "dae" else None,
+             "precision": args.precision, "compile": bool(args.compile)}
+
+    def ledger(step_now: int) -> dict:
+        run_cpu = time.process_time() - cpu0
+        seg = {"steps": step_now, "batch": batch * world,
+               "cpu_hours": round(run_cpu * world / 3600, 6),
+               "precision": args.precision, "run": str(out)}
+        hist = history + [seg]
+        return {**extra, "run_cpu_seconds": run_cpu, "history": hist,
+                "cumulative": cumulative(hist)}
+    stop = _StopOnSignal()
+    while step < steps and not stop.requested:
         cur_lr = lr_at(step, steps, lr, recipe["warmup"])
         for g in opt.param_groups:
             g["lr"] = cur_lr
         inp, target = batcher.get(batch)
         inp = inp.to(device).contiguous(memory_format=torch.channels_last)
-        loss = F.mse_loss(wrapped(inp), target.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = train_step(step_model, opt, inp, target.to(device), args.precision)
         step += 1
         val_loss = ""
         if rank == 0 and val is not None and (step % args.val_every == 0 or step == steps):
@@ -284,12 +370,15 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
                 print(f"\r{net}: step {step}/{steps} loss {loss.item():.4f}"
                       f"{' val ' + val_loss if val_loss else ''}", end="", file=sys.stderr,
                       flush=True)
-            if time.time() - last_save > args.save_every or step == steps:
-                save_checkpoint(ckpt, model, opt, step, extra)
+            if time.time() - last_save > args.save_every or step == steps or stop.requested:
+                save_checkpoint(ckpt, model, opt, step, ledger(step))
                 last_save = time.time()
+    stop.restore()
     if rank == 0:
         print(file=sys.stderr)
         logf.close()
+        if stop.requested:
+            log(f"{net}: stopped by signal at step {step}; checkpoint saved (--resume continues)")
         plot_curve(log_path, out / f"{net}_loss.png")
         log(f"{net}: done at step {step} in {time.time() - t0:.0f} s")
     return ckpt
@@ -323,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="MODEL",
                    help="start from a model bundle's weights (e.g. continue training a shipped "
                         "model when its run folder is gone); fresh optimiser and schedule")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16 = autocast (float32 weights); measured in benchmarks/train_speed.py")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
@@ -333,12 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    allocator.tune()
     if args.threads:
         torch.set_num_threads(args.threads)
     train = SliceSet.load(args.train)
     val = SliceSet.load(args.val) if args.val else None
     nets = NETS if args.net == "both" else (args.net,)
     for net in nets:
+        if STOPPED:
+            break
         train_net(net, args, train, val)
     return 0
 

@@ -596,6 +596,10 @@ class IterMaskWidget(QWidget):
     def _start(self, steps=None, tau=None) -> bool:
         from napari.qt.threading import create_worker
 
+        from . import allocator
+
+        allocator.tune()  # process-wide, once: the worker's activations stay on the heap
+
         if self._worker is not None:
             name = self._busy.source.name if self._busy is not None else "an image"
             _notify("warning", f"napari-itermask: already running on '{name}'; press Cancel "

@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import allocator
+
+    allocator.tune()  # before the first tensor: large activations stay on the heap
     try:
         return int(args.func(args) or 0)
     except ItermaskError as exc:

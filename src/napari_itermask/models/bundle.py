@@ -1,0 +1,136 @@
+"""The model bundle: both networks with their card; saving and verified loading (safetensors).
+
+A bundle is a folder holding ``card.json`` and ``weights.safetensors``. The weights file holds
+both networks (``first.*`` for f1, ``masked.*`` for f); the sha256 of the weights, written into
+the card on saving, is checked on every load. Never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._hash import sha256_file
+from ..core.unet import UNet
+from ..errors import ModelError
+from ..export import temp_file_in, usual_mode
+from .card import CARD_NAME, FORMAT, ModelCard, read_card
+from .locations import WEIGHTS_NAME, resolve_model
+
+__all__ = ["ModelBundle", "load_bundle", "save_bundle"]
+
+
+@dataclass
+class ModelBundle:
+    card: ModelCard
+    first: UNet
+    masked: UNet
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def sha256(self) -> str:
+        return self.card.weights_sha256
+
+    def to(self, device) -> ModelBundle:
+        """Move both networks (channels-last weights, eval mode) to ``device``."""
+        for net in (self.first, self.masked):
+            net.to(device).to(memory_format=torch.channels_last).eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.masked.parameters()).device
+
+    @classmethod
+    def fresh(cls, card: ModelCard) -> ModelBundle:
+        """Untrained networks built from a card (zero-initialised output: they output zeros)."""
+        return cls(card, UNet(card.unet_config(1)), UNet(card.unet_config(2))).to("cpu")
+
+
+def _state(bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    """Both networks' tensors; floating ones stored as float16 when the card asks for it."""
+    half = bundle.card.training.get("weights_dtype") == "float16"
+    out = {}
+    for prefix, net in (("first.", bundle.first), ("masked.", bundle.masked)):
+        for k, v in net.state_dict().items():
+            v = v.detach().cpu()
+            if half and v.is_floating_point():
+                v = v.half()
+            out[prefix + k] = v.contiguous()
+    return out
+
+
+def save_bundle(bundle: ModelBundle, folder, *, overwrite: bool = False) -> Path:
+    """Write ``card.json`` and ``weights.safetensors`` into ``folder`` (atomically per file)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if (folder / CARD_NAME).exists() and not overwrite:
+        raise ModelError(f"a model already exists in {folder} (pass overwrite=True to replace it)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    tmp_w = temp_file_in(folder, ".safetensors.tmp", ModelError)
+    tmp_c = None
+    try:
+        save_file(_state(bundle), str(tmp_w), metadata={"format": FORMAT})
+        usual_mode(tmp_w)  # safetensors writes the file anew
+        bundle.card.weights_sha256 = sha256_file(tmp_w)
+        if not bundle.card.version:
+            from .. import __version__
+
+            bundle.card.version = __version__
+        tmp_c = temp_file_in(folder, ".json.tmp", ModelError)
+        tmp_c.write_text(json.dumps(bundle.card.to_dict(), indent=2) + "\n")
+        os.replace(tmp_w, folder / WEIGHTS_NAME)
+        os.replace(tmp_c, folder / CARD_NAME)
+    finally:
+        for p in (tmp_w, tmp_c):
+            if p is not None:
+                p.unlink(missing_ok=True)
+    bundle.path = folder
+    return folder
+
+
+def load_bundle(name_or_path, device="cpu") -> ModelBundle:
+    """Load and verify a bundle; raises ModelError with a one-line reason on any problem."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = resolve_model(name_or_path)
+    card = read_card(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelError(f"{folder} has no {WEIGHTS_NAME}")
+    digest = sha256_file(weights)
+    if card.weights_sha256 and digest != card.weights_sha256:
+        raise ModelError(
+            f"weights of model {card.name!r} do not match the sha256 in its card "
+            "(corrupt or modified file)"
+        )
+    if not card.weights_sha256:
+        raise ModelError(f"model card of {card.name!r} has no weights_sha256; refusing to load")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"cannot read weights of model {card.name!r}: {exc}") from None
+    bundle = ModelBundle(card, UNet(card.unet_config(1)), UNet(card.unet_config(2)), folder)
+    for prefix, net in (("first.", bundle.first), ("masked.", bundle.masked)):
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(sub, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"weights of model {card.name!r} do not fit its card: {first}") from None
+    return bundle.to(device)
+
+

@@ -3,6 +3,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import perturbed_bundle
 
 from napari_itermask.errors import ModelError
 from napari_itermask.models import (
@@ -13,7 +14,6 @@ from napari_itermask.models import (
     save_bundle,
     sha256_file,
 )
-from conftest import perturbed_bundle
 
 
 def test_round_trip_keeps_weights_and_card(tmp_path):

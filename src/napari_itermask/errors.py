@@ -16,3 +16,15 @@ class ModelError(ItermaskError):
 
 class OutputError(ItermaskError):
     """The result cannot be written where asked."""
+
+
+class ModelFormatError(ModelError):
+    """The model card is of a format, or a format version, that this version cannot read."""
+
+
+class ModelIntegrityError(ModelError):
+    """The weights are corrupt, or do not match the sha256 their card records."""
+
+
+class UnsafeModelError(ModelError):
+    """A pickle-based file (``.pt``, ``.pkl``, …) offered as a model: refused, never unpickled."""

@@ -7,6 +7,7 @@ the card on saving, is checked on every load. Never pickle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ import torch
 
 from .._hash import sha256_file
 from ..core.unet import UNet
-from ..errors import ModelError
+from ..errors import ModelError, ModelIntegrityError, UnsafeModelError
 from ..export import temp_file_in, usual_mode
-from .card import CARD_NAME, FORMAT, ModelCard, read_card
+from .card import CARD_NAME, FORMAT, ModelCard, check_format, read_card
 from .locations import WEIGHTS_NAME, resolve_model
+from .untrusted import pickle_kind, safetensors_header
 
 __all__ = ["ModelBundle", "load_bundle", "save_bundle"]
 
@@ -52,7 +54,17 @@ class ModelBundle:
     @classmethod
     def fresh(cls, card: ModelCard) -> ModelBundle:
         """Untrained networks built from a card (zero-initialised output: they output zeros)."""
-        return cls(card, UNet(card.unet_config(1)), UNet(card.unet_config(2))).to("cpu")
+        return cls(card, *_networks(card)).to("cpu")
+
+
+def _networks(card: ModelCard) -> tuple[UNet, UNet]:
+    """f1 (input x_f) and f (input x̂, x_f) as the card describes them."""
+    try:
+        return UNet(card.unet_config(1)), UNet(card.unet_config(2))
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model card of {card.name!r} describes no buildable UNet: {reason}"
+                         ) from None
 
 
 def _state(bundle: ModelBundle) -> dict[str, torch.Tensor]:
@@ -102,28 +114,56 @@ def save_bundle(bundle: ModelBundle, folder, *, overwrite: bool = False) -> Path
 
 
 def load_bundle(name_or_path, device="cpu") -> ModelBundle:
-    """Load and verify a bundle; raises ModelError with a one-line reason on any problem."""
+    """Load and verify a bundle; raises ModelError (or a subclass) with a one-line reason.
+
+    The weights are read once into memory, hashed, and parsed from those same bytes, so the
+    file that is checked is the file that is used. Nothing is unpickled: the card is JSON and
+    the weights are safetensors, both plain data.
+    """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_safetensors
 
     folder = resolve_model(name_or_path)
     card = read_card(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise ModelError(f"{folder} has no {WEIGHTS_NAME}")
-    digest = sha256_file(weights)
-    if card.weights_sha256 and digest != card.weights_sha256:
-        raise ModelError(
+    try:
+        data = weights.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read {weights}: {exc.strerror or exc}") from None
+    header = safetensors_header(data)
+    if header is None and (kind := pickle_kind(data[:64])):
+        raise UnsafeModelError(
+            f"weights of model {card.name!r} ({weights.name}) are {kind}, not safetensors; "
+            "pickles are never loaded, as unpickling can run code")
+    if not card.weights_sha256:
+        raise ModelIntegrityError(
+            f"model card of {card.name!r} has no weights_sha256; refusing to load")
+    if hashlib.sha256(data).hexdigest() != card.weights_sha256.lower():
+        raise ModelIntegrityError(
             f"weights of model {card.name!r} do not match the sha256 in its card "
             "(corrupt or modified file)"
         )
-    if not card.weights_sha256:
-        raise ModelError(f"model card of {card.name!r} has no weights_sha256; refusing to load")
+    if header is None:
+        raise ModelIntegrityError(
+            f"cannot read weights of model {card.name!r}: {weights.name} is not a safetensors "
+            "file (corrupt or truncated)")
+    meta = header.get("__metadata__")
+    if isinstance(meta, dict) and "format" in meta:
+        check_format(meta["format"], card.name)
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"cannot read weights of model {card.name!r}: {exc}") from None
-    bundle = ModelBundle(card, UNet(card.unet_config(1)), UNet(card.unet_config(2)), folder)
+        state = load_safetensors(data)
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelIntegrityError(
+            f"cannot read weights of model {card.name!r}: {reason}") from None
+    del data
+    stray = sorted(k for k in state if not k.startswith(("first.", "masked.")))
+    if stray:
+        raise ModelError(
+            f"weights of model {card.name!r} hold tensors of no network ({', '.join(stray[:3])})")
+    bundle = ModelBundle(card, *_networks(card), folder)
     for prefix, net in (("first.", bundle.first), ("masked.", bundle.masked)):
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
@@ -132,5 +172,3 @@ def load_bundle(name_or_path, device="cpu") -> ModelBundle:
             first = str(exc).strip().splitlines()[0]
             raise ModelError(f"weights of model {card.name!r} do not fit its card: {first}") from None
     return bundle.to(device)
-
-

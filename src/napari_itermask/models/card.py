@@ -1,25 +1,54 @@
-"""The model card: the JSON description of a bundle, read as data and checked before any use.
+"""The model card: a JSON description of a bundle, read as data and checked before any use.
 
 The card says how to build both networks (architecture preset and UNet description), how a scan
 must be prepared for them (normalisation, model grid, pixel size), the calibrated τ and
 segmentation threshold with how each was derived, the training details, the sha256 of the
-weights and the intended use.
+weights and the intended use. A card comes from a file a user may have downloaded, so it is
+parsed with ``json`` only and every field the code relies on is checked here: a bad card is one
+``ModelError`` line, never a traceback later on.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.segmentation import POLARITIES
 from ..core.unet import PRESETS, UNetConfig
-from ..errors import ModelError
+from ..errors import ModelError, ModelFormatError, UnsafeModelError
+from .untrusted import pickle_kind
 
-__all__ = ["CARD_NAME", "FORMAT", "ModelCard", "new_card", "polarity_note", "read_card"]
+__all__ = [
+    "CARD_NAME",
+    "FORMAT",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ModelCard",
+    "new_card",
+    "polarity_note",
+    "read_card",
+]
 
 CARD_NAME = "card.json"
-FORMAT = "napari-itermask-bundle/1"
+FORMAT_NAME = "napari-itermask-bundle"
+FORMAT_VERSION = 1  # the newest bundle format this code reads; older ones stay readable
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+_FORMAT_RE = re.compile(rf"^{re.escape(FORMAT_NAME)}/(\d+)$")
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+# Fields whose type the code relies on: a wrong type is refused when the card is read.
+_NUMBERS = ("pixel_size_mm", "frequency_radius", "error_smoothing", "first_unmask",
+            "stop_shrink", "tau", "threshold")
+_COUNTS = ("grid_size", "max_iter")  # whole numbers >= 1
+_SIZES = ("min_brain_pixels",)  # whole numbers >= 0
+CARD_MAX_BYTES = 4 << 20  # a card is a few kB; anything this large is not one
+_TEXTS = ("name", "modality", "preset", "normalisation", "error", "weights_sha256",
+          "intended_use", "format", "version")
+_FLAGS = ("masked_guidance", "trained")
+_DICTS = ("unet", "tau_derivation", "threshold_derivation", "training")
 
 
 @dataclass
@@ -64,6 +93,7 @@ class ModelCard:
     def from_dict(cls, d: dict) -> ModelCard:
         if not isinstance(d, dict):
             raise ModelError("model card is not a JSON object")
+        check_format(d.get("format", FORMAT), d.get("name"))
         fields = cls.__dataclass_fields__
         missing = [k for k in ("name", "modality", "preset", "unet") if k not in d]
         if missing:
@@ -73,6 +103,10 @@ class ModelCard:
             raise ModelError("model card: error_rim must be a whole number of pixels >= 0")
         if d.get("error_polarity", "both") not in POLARITIES:
             raise ModelError(f"model card: error_polarity must be one of {', '.join(POLARITIES)}")
+        _check_types(d)
+        sha = d.get("weights_sha256", "")
+        if sha and not _SHA256_RE.match(sha):
+            raise ModelError("model card: weights_sha256 is not a sha256 (64 hex digits)")
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     def unet_config(self, in_channels: int) -> UNetConfig:
@@ -80,6 +114,54 @@ class ModelCard:
             return UNetConfig.from_dict({**self.unet, "in_channels": in_channels})
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model card has an invalid UNet description: {exc}") from None
+
+
+def check_format(fmt, name=None) -> int:
+    """The bundle format version of a card's ``format`` field; refuses what this code cannot read.
+
+    A newer version is refused rather than half-read: its fields may mean something this code
+    does not know, and a silently misread threshold is worse than no result.
+    """
+    named = isinstance(name, str) and name
+    who = f" of {name!r}" if named else ""
+    m = _FORMAT_RE.match(fmt) if isinstance(fmt, str) else None
+    if m is None:
+        raise ModelFormatError(
+            f"model card{who} has format {fmt!r}, not a napari-itermask bundle "
+            f"(expected {FORMAT_NAME}/<version>)")
+    version = int(m.group(1))
+    if version > FORMAT_VERSION:
+        from .. import __version__
+
+        subject = f"model {name!r}" if named else "the model"
+        raise ModelFormatError(
+            f"{subject} is bundle format version {version}; this napari-itermask "
+            f"({__version__}) reads up to version {FORMAT_VERSION}: upgrade napari-itermask "
+            "to use it")
+    if version < 1:
+        raise ModelFormatError(f"model card{who} has an invalid format version {version}")
+    return version
+
+
+def _check_types(d: dict) -> None:
+    def bad(key, what):
+        raise ModelError(f"model card: {key} must be {what}, not {json.dumps(d[key])[:40]}")
+
+    for key in _NUMBERS:
+        v = d.get(key)
+        if key in d and (isinstance(v, bool) or not isinstance(v, (int, float))
+                         or not math.isfinite(v)):
+            bad(key, "a finite number")
+    for keys, low in ((_COUNTS, 1), (_SIZES, 0)):
+        for key in keys:
+            v = d.get(key)
+            if key in d and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                bad(key, f"a whole number >= {low}")
+    for key, what in ((_TEXTS, "text"), (_FLAGS, "true or false"), (_DICTS, "a JSON object")):
+        kind = {"text": str, "true or false": bool, "a JSON object": dict}[what]
+        for k in key:
+            if k in d and not isinstance(d[k], kind):
+                bad(k, what)
 
 
 def polarity_note(polarity: str) -> str:
@@ -97,11 +179,24 @@ def new_card(name: str, modality: str, preset: str = "small", **kw) -> ModelCard
 
 
 def read_card(folder: Path) -> ModelCard:
-    card_path = folder / CARD_NAME
+    """The card of a bundle folder, parsed as JSON data only and checked."""
+    card_path = Path(folder) / CARD_NAME
     if not card_path.is_file():
         raise ModelError(f"{folder} has no {CARD_NAME}")
     try:
-        data = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"model card {card_path} is not valid JSON ({exc})") from None
+        if card_path.stat().st_size > CARD_MAX_BYTES:
+            raise ModelError(f"model card {card_path} is too large to be a model card")
+        raw = card_path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model card {card_path}: {exc.strerror or exc}") from None
+    kind = pickle_kind(raw[:16])
+    if kind:
+        raise UnsafeModelError(
+            f"model card {card_path} is {kind}, not JSON; pickles are never loaded, as "
+            "unpickling can run code")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"model card {card_path} is not valid JSON ({reason})") from None
     return ModelCard.from_dict(data)

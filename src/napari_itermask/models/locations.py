@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ModelError, UnsafeModelError
 from .card import CARD_NAME, read_card
+from .untrusted import PICKLE_SUFFIXES, pickle_kind, read_head
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 WEIGHTS_NAME = "weights.safetensors"
-PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib"}
+_LAYOUT = "a model is a folder with card.json and weights.safetensors"
 
 
 def bundled_dir() -> Path:
@@ -39,17 +40,42 @@ def user_dir() -> Path:
     return Path(base) / "napari-itermask" / "models"
 
 
+def _refuse_pickle(path: Path, kind: str | None = None) -> None:
+    what = f"it is {kind}, and pickles" if kind else f"pickle-based model files ({path.suffix})"
+    raise UnsafeModelError(
+        f"refusing to load {path.name}: {what} are never loaded, as unpickling can run code; "
+        f"{_LAYOUT}"
+    )
+
+
+def _pickles_in(folder: Path) -> list[Path]:
+    """Pickle-like files directly in ``folder``, by suffix or by their first bytes (not read
+    further)."""
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return []
+    return [p for p in files
+            if p.suffix.lower() in PICKLE_SUFFIXES or pickle_kind(read_head(p))][:3]
+
+
 def _bundle_folder(path: Path) -> Path:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ModelError(
-            f"refusing to load {path.name}: pickle-based model files are never loaded; "
-            "a model is a folder with card.json and weights.safetensors"
-        )
+    if path.suffix.lower() in PICKLE_SUFFIXES and not path.is_dir():
+        _refuse_pickle(path)
     if path.is_dir():
+        if not (path / CARD_NAME).is_file() and (found := _pickles_in(path)):
+            names = ", ".join(p.name for p in found)
+            raise UnsafeModelError(
+                f"{path} holds no {CARD_NAME} but {names}: pickle-based model files are never "
+                f"loaded, as unpickling can run code; {_LAYOUT}"
+            )
         return path
     if path.name in (CARD_NAME, WEIGHTS_NAME):
         return path.parent
     if path.exists():
+        kind = pickle_kind(read_head(path))
+        if kind:
+            _refuse_pickle(path, kind)
         raise ModelError(f"{path} is not a model folder (expected card.json + weights.safetensors)")
     raise ModelError(f"model {str(path)!r} not found")
 
@@ -61,6 +87,8 @@ def resolve_model(name_or_path) -> Path:
         for root in (user_dir(), bundled_dir()):
             if (root / s / CARD_NAME).is_file():
                 return root / s
+            if (root / s).is_dir():
+                _bundle_folder(root / s)  # refuses a folder of pickles with its own message
         if not Path(s).exists():
             names = ", ".join(sorted(m["name"] for m in list_models())) or "none"
             raise ModelError(f"no model named {s!r} (available: {names})")

@@ -81,6 +81,12 @@ def test_train_loss_goes_down_and_resumes(tiny_data, tmp_path):
     assert train.load_checkpoint(run / "first.ckpt")["step"] == 35
     rows = list(csv.DictReader(open(run / "first_log.csv")))
     assert [int(r["step"]) for r in rows][-5:] == [31, 32, 33, 34, 35]
+    # a checkpoint older than the log (a crash between saves): the log is cut back to it
+    with open(run / "first_log.csv", "a") as f:
+        f.write("36,0.1,,0.001,1.0\n37,0.1,,0.001,1.0\n")
+    train.main([*args[:-4], "--steps", "36", "--resume", "--save-every", "0"])
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "first_log.csv"))]
+    assert steps == list(range(1, 37))
 
 
 def test_no_guidance_ablation_is_recorded(tiny_data, tmp_path):

@@ -322,6 +322,13 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
                       leftover_prob=args.leftover_prob, dae_noise=args.dae_noise)
     log_path = out / f"{net}_log.csv"
     new_log = not log_path.exists() or step == 0
+    if not new_log:  # rows after the checkpoint's step were trained again: drop the old ones
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        if len(kept) != len(rows):
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
     logf = open(log_path, "w" if new_log else "a", newline="")
     writer = csv.writer(logf)
     if new_log:

@@ -251,6 +251,23 @@ def test_the_slice_loop_equals_that_slice_of_the_full_volume_run():
     assert last.error[0].max() > 0 and not np.allclose(first.error[0], last.error[0])
 
 
+def test_the_loop_seed_changes_the_noise_draws_and_nothing_else():
+    from napari_itermask.pipeline import Job
+    from napari_itermask.volume import scan_from_array
+
+    b = perturbed_bundle()
+    b.card.grid_size, b.card.pixel_size_mm, b.card.min_brain_pixels = 64, 3.75, 50
+    img, _ = phantom(shape=(40, 48, 30))
+    vol = Job.create(scan_from_array(img, np.diag([3.75, 3.75, 3.75, 1.0])), b).volume
+    k = 15
+    f0, l0 = evaluate.slice_loop(b, vol, k)
+    f0b, l0b = evaluate.slice_loop(b, vol, k, seed=0)
+    f1, l1 = evaluate.slice_loop(b, vol, k, seed=1)
+    assert np.array_equal(l0.error, l0b.error)  # the default is seed 0
+    assert np.array_equal(f0.masks, f1.masks)  # the first step draws no noise
+    assert not np.allclose(l0.recon, l1.recon)  # later steps do
+
+
 @pytest.fixture(scope="module")
 def val_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
@@ -316,8 +333,9 @@ def test_evaluate_scores_both_protocols_end_to_end(val_data, tmp_path, monkeypat
     # a slab without lesion (the brain's top 1 %): every case is dropped, and said so
     monkeypatch.setattr(protocols, "CENTRAL_SLAB", (0.99, 1.0))
     out3 = tmp_path / "none"
-    evaluate.main([*args, "--protocol", "paper", "--out", str(out3)])
+    evaluate.main([*args, "--protocol", "paper", "--out", str(out3), "--loop-seed", "5"])
     res3 = json.loads((out3 / "results.json").read_text())
+    assert res3["loop_seed"] == 5 and res["loop_seed"] == 0
     assert res3["paper"]["cases"] == [] and res3["paper"]["dropped"] == ["synth200100",
                                                                          "synth200101"]
     assert "No case has lesion in the central slab" in (out3 / "results.md").read_text()

@@ -124,7 +124,7 @@ def model_grid_label(geo, gt: np.ndarray) -> np.ndarray:
     return protocols.label_from_fraction(frac)
 
 
-def slice_loop(bundle, vol, k: int) -> tuple[IterationState, IterationState]:
+def slice_loop(bundle, vol, k: int, seed: int = 0) -> tuple[IterationState, IterationState]:
     """The bundle's shrink loop on model-grid slice ``k`` of ``vol`` alone: (first, last) state.
 
     ``vol`` is the whole prepared volume (normalised as a whole, exactly as the pipeline does
@@ -134,7 +134,7 @@ def slice_loop(bundle, vol, k: int) -> tuple[IterationState, IterationState]:
     """
     first = last = None
     for st in run_loop(vol.x[k:k + 1], vol.brain[k:k + 1], bundle.first, bundle.masked,
-                       engine_config(bundle.card), slice_ids=[k]):
+                       engine_config(bundle.card, seed=seed), slice_ids=[k]):
         first = st if first is None else first
         last = st
     if last is None:
@@ -170,7 +170,7 @@ def paper_case(name, vol, gt, ctx, slab=None):
         return None
     x, br, g = vol.x[k:k + 1], vol.brain[k:k + 1], lab[k]
     region = inner_region(br, ctx.bundle.card.error_rim)
-    first, last = slice_loop(ctx.bundle, vol, k)
+    first, last = slice_loop(ctx.bundle, vol, k, ctx.loop_seed)
     scores = {"itermask": last.error[0], "no-iteration": first.error[0],
               "intensity": ctx.smoothed(intensity_score(x, br, ctx.modality), br, region,
                                         -np.inf)[0]}
@@ -179,7 +179,7 @@ def paper_case(name, vol, gt, ctx, slab=None):
         scores[kind] = ctx.smoothed(baseline_error(mdl, x, br, ctx.polarity), br, region)[0]
         recons[kind] = baseline_recon(mdl, x)[0]
     for label, other in ctx.variants.items():
-        _, lv = slice_loop(other, vol, k)
+        _, lv = slice_loop(other, vol, k, ctx.loop_seed)
         scores[label], recons[label] = lv.error[0], lv.recon[0]
     row = {"case": name, "slice": k,
            "slice_position": float(protocols.axial_position(brain_px)[k]),
@@ -361,6 +361,9 @@ def main(argv=None) -> int:
     p.add_argument("--fpr", type=float, default=0.001)
     p.add_argument("--rising-tau", type=float, default=0.0,
                    help="τ step for the optimistic best-iteration mode (0 = off; clinical)")
+    p.add_argument("--loop-seed", type=int, default=0,
+                   help="seed of the loop's noise draws (the plugin's default is 0); another "
+                        "seed measures how much a result depends on them")
     p.add_argument("--baselines", help="run folder with ae.ckpt / dae.ckpt (train --net ae|dae)")
     p.add_argument("--no-freq-model", metavar="MODEL",
                    help="bundle trained with --no-guidance: the '-freq' ablation")
@@ -434,7 +437,7 @@ def main(argv=None) -> int:
     methods = list(thr)
     ctx = _Context(bundle=bundle, variants=variants, baselines=baselines, thr=thr,
                    methods=methods, smoothed=smoothed, modality=args.modality, polarity=pol,
-                   rim=rim, rising_tau=args.rising_tau)
+                   rim=rim, rising_tau=args.rising_tau, loop_seed=args.loop_seed)
     per_case, panels = [], []
     paper_rows, paper_maps, paper_panels, dropped = [], [], [], []
     n_volumes = 0
@@ -470,6 +473,7 @@ def main(argv=None) -> int:
                "stratum": args.stratum if synthetic else None,
                "anatomy": args.anatomy if synthetic else None,
                "seeds": case_seeds(args.split, args.n, args.stratum) if synthetic else None,
+               "loop_seed": args.loop_seed,
                "leftover": bool(args.leftover and synthetic)}
     if clinical:
         summary["statistics"] = clinical_statistics(per_case, methods)
@@ -504,7 +508,7 @@ def clinical_case(name, scan, gt, ctx):
     """One case under the clinical protocol: the whole loop on the whole scan, every method at
     its honest threshold on the scan's grid. Returns (row, figure panel, prepared volume)."""
     bundle, thr, methods, rim = ctx.bundle, ctx.thr, ctx.methods, ctx.rim
-    job = Job.create(scan, bundle)
+    job = Job.create(scan, bundle, seed=ctx.loop_seed)
     first_state = None
     for st in job.iterate():
         if first_state is None:
@@ -521,7 +525,7 @@ def clinical_case(name, scan, gt, ctx):
            for k, mdl in ctx.baselines.items()},
     }
     for label, other in ctx.variants.items():
-        scores_model[label] = Job.create(scan, other).run_all().error
+        scores_model[label] = Job.create(scan, other, seed=ctx.loop_seed).run_all().error
     gt_model = geo.to_model(gt.astype(np.float32), order=1) > 0.5
     row = {"case": name, "lesion_ml": float(gt.sum() * scan.voxel_volume_mm3 / 1000),
            "mean_iterations": float(job.history.last.iterations[
@@ -561,7 +565,8 @@ def clinical_case(name, scan, gt, ctx):
           for k in range(len(vol.x)) if last.status[k] != 3]
     row["itermask"]["ssim_normal"] = float(np.mean(ss))
     if ctx.rising_tau > 0:
-        job2 = Job.create(scan, bundle, tau_step=ctx.rising_tau, max_iter=40)
+        job2 = Job.create(scan, bundle, tau_step=ctx.rising_tau, max_iter=40,
+                          seed=ctx.loop_seed)
         job2.run_all()
         best = 0.0
         for k in range(len(job2.history)):

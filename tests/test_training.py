@@ -471,6 +471,11 @@ def test_training_cost_ledger_adds_up_across_init_from_and_resume(tiny_data, tmp
     extra2 = json.loads(train.load_checkpoint(run / "masked.ckpt")["extra"])
     assert [h["steps"] for h in extra2["history"]] == [700, 5]
     assert extra2["history"][1]["cpu_hours"] >= hist[1]["cpu_hours"]
+    # resumed in another precision: the fp32 steps so far close their segment
+    train.main([*base, "--steps", "7", "--resume", "--precision", "bf16"])
+    extra3 = json.loads(train.load_checkpoint(run / "masked.ckpt")["extra"])
+    assert [(h["steps"], h["precision"]) for h in extra3["history"]] == [
+        (700, "fp32"), (5, "fp32"), (2, "bf16")]
     # calibrate puts it in the card; a bundle made from that card continues the ledger
     out = tmp_path / "b"
     calibrate.main(["--run", str(run), "--val", str(tiny_data), "--name", "t", "--modality",
@@ -478,9 +483,9 @@ def test_training_cost_ledger_adds_up_across_init_from_and_resume(tiny_data, tmp
     from napari_itermask.models import load_bundle
 
     card = load_bundle(out).card
-    assert card.training["masked"]["cumulative"]["steps"] == 705
+    assert card.training["masked"]["cumulative"]["steps"] == 707
     prior = train.prior_history(card.training, "masked", "t")
-    assert [h["steps"] for h in prior] == [700, 5]
+    assert [h["steps"] for h in prior] == [700, 5, 2]
 
 
 def test_bf16_training_step_trains_float32_weights(tiny_data, tmp_path):

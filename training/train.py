@@ -288,7 +288,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     ckpt = out / f"{net}.ckpt"
     step = 0
     history: list[dict] = []  # segments before this run (from --init-from's card)
-    cpu_before = 0.0  # this run's CPU seconds before a --resume
+    cpu_before = 0.0  # this segment's CPU seconds before a --resume
+    seg_start = 0  # the run's step at which the current segment began
     if args.resume and ckpt.exists():
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
@@ -297,6 +298,10 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         old = json.loads(state["extra"])
         history = old.get("history", [])[:-1] if "history" in old else []
         cpu_before = float(old.get("run_cpu_seconds", 0.0))
+        seg_start = int(old.get("segment_start", 0))
+        if old.get("history") and old.get("precision", "fp32") != args.precision:
+            # another precision from here on: the steps so far become a closed segment
+            history, cpu_before, seg_start = old["history"], 0.0, step
         log(f"{net}: resumed at step {step}")
     elif args.init_from and net in NETS:
         from napari_itermask.models import load_bundle
@@ -349,11 +354,12 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
 
     def ledger(step_now: int) -> dict:
         run_cpu = time.process_time() - cpu0
-        seg = {"steps": step_now, "batch": batch * world,
+        seg = {"steps": step_now - seg_start, "batch": batch * world,
                "cpu_hours": round(run_cpu * world / 3600, 6),
                "precision": args.precision, "run": str(out)}
         hist = history + [seg]
-        return {**extra, "run_cpu_seconds": run_cpu, "history": hist,
+        return {**extra, "run_cpu_seconds": run_cpu, "segment_start": seg_start,
+                "history": hist,
                 "cumulative": cumulative(hist)}
     stop = _StopOnSignal()
     while step < steps and not stop.requested:

@@ -206,3 +206,79 @@ def test_no_traceback_from_a_real_process(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_segment_flags_choose_the_result_and_params_replay_it(tmp_path, capsys, phantom_nifti,
+                                                               tiny_model_dir):
+    """--tau, --first-unmask, --iteration and --result are recorded; --params replays them."""
+    scan_p = phantom_nifti[0]
+    a = tmp_path / "a.nii.gz"
+    code, stdout, err = run_cli(capsys, "segment", scan_p, "-o", a, "--model", tiny_model_dir,
+                                "-q", "--tau", 0.3, "--first-unmask", 0.3, "--max-iter", 4,
+                                "--iteration", 2, "--threshold", 1.0, "--seed", 5)
+    assert code == 0, err
+    assert "error of iteration 2 above 1" in stdout
+    side = json.loads((tmp_path / "a.json").read_text())
+    assert (side["tau"], side["first_unmask"], side["iteration"], side["seed"]) == (0.3, 0.3, 2, 5)
+    assert side["result_source"] == "error" and side["iterations_run"] >= 2
+    # the last iteration differs from the chosen one (else the choice would test nothing)
+    last = tmp_path / "last.nii.gz"
+    assert run_cli(capsys, "segment", scan_p, "-o", last, "--model", tiny_model_dir, "-q",
+                   "--tau", 0.3, "--first-unmask", 0.3, "--max-iter", 4, "--threshold", 1.0,
+                   "--seed", 5)[0] == 0
+    labels_a = np.asarray(nib.load(str(a)).dataobj)
+    assert not np.array_equal(labels_a, np.asarray(nib.load(str(last)).dataobj))
+    # replay: the sidecar alone (its model path) gives the same labels
+    b = tmp_path / "b.nii.gz"
+    code, _, err = run_cli(capsys, "segment", scan_p, "-o", b, "--params", tmp_path / "a.json",
+                           "-q")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.asarray(nib.load(str(b)).dataobj), labels_a)
+    assert json.loads((tmp_path / "b.json").read_text())["params"] == side["params"]
+    # a flag overrides the sidecar's value: the mask of that iteration
+    c = tmp_path / "c.nii.gz"
+    assert run_cli(capsys, "segment", scan_p, "-o", c, "--params", tmp_path / "a.json", "-q",
+                   "--result", "mask")[0] == 0
+    side_c = json.loads((tmp_path / "c.json").read_text())
+    assert side_c["result_source"] == "mask" and side_c["iteration"] == 2
+    assert not np.array_equal(np.asarray(nib.load(str(c)).dataobj), labels_a)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tau", "-1"], "τ (tau) must be >= 0"),
+    (["--first-unmask", "1.5"], "first_unmask must be below 1"),
+    (["--iteration", "0"], "iteration 0 is the brain"),
+    (["--min-size", "-2"], "minimum lesion size must be >= 0"),
+    (["--max-iter", "2", "--iteration", "9"], "iteration 9 is beyond the iteration cap of 2"),
+])
+def test_bad_run_values_give_one_line_and_no_file(tmp_path, capsys, phantom_nifti,
+                                                  tiny_model_dir, flags, message):
+    out = tmp_path / "o.nii.gz"
+    code, _, err = run_cli(capsys, "segment", phantom_nifti[0], "-o", out, "--model",
+                           tiny_model_dir, "-q", *flags)
+    assert_one_line_error(code, err)
+    assert message in err
+    assert not out.exists() and not (tmp_path / "o.json").exists()
+
+
+def test_params_replay_refuses_other_weights_and_non_sidecars(tmp_path, capsys, phantom_nifti,
+                                                              tiny_model_dir):
+    from conftest import perturbed_bundle
+    from napari_itermask.models import save_bundle
+
+    scan_p = phantom_nifti[0]
+    a = tmp_path / "a.nii.gz"
+    assert run_cli(capsys, "segment", scan_p, "-o", a, "--model", tiny_model_dir, "-q",
+                   "--max-iter", 2)[0] == 0
+    other = save_bundle(perturbed_bundle(seed=9), tmp_path / "other-model")
+    code, _, err = run_cli(capsys, "segment", scan_p, "-o", tmp_path / "b.nii.gz", "--params",
+                           tmp_path / "a.json", "--model", other, "-q")
+    errors = [ln for ln in err.splitlines() if ln.startswith("itermask: error:")]
+    assert code != 0 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
+    assert "was made with model weights" in errors[0] and "Traceback" not in err and not (tmp_path / "b.nii.gz").exists()
+    junk = tmp_path / "junk.json"
+    junk.write_text('{"model": "x"}')
+    code, _, err = run_cli(capsys, "segment", scan_p, "-o", tmp_path / "b.nii.gz", "--params",
+                           junk, "-q")
+    assert_one_line_error(code, err)
+    assert "no \"params\"" in err

@@ -89,9 +89,13 @@ def test_full_run_sliders_accept_export(make_napari_viewer, qtbot, tiny_model, s
     assert "start" in w.iter_label.text()
     np.testing.assert_array_equal(np.asarray(mask.data) > 0,
                                   small_case.brain.transpose(img.metadata["scan_axes"]))
+    # iteration 0 has no reconstruction: no lesions from its error map, and the panel says so
+    lesions = _layer(viewer, "sample FLAIR lesions")
+    assert not np.asarray(lesions.data).any() and "iteration 0" in w.stats_label.text()
+    w.iter_slider.setValue(w.iter_slider.maximum())  # back to the last: the paper's result
+    assert sess.review.iteration is None and np.asarray(lesions.data).any()
 
     # threshold slider: lower threshold → more lesion voxels, at once, with stats
-    lesions = _layer(viewer, "sample FLAIR lesions")
     assert "★" in w.threshold_label.text() and w.threshold_slider.mark is not None
     before = int((np.asarray(lesions.data) > 0).sum())
     stats_before = w.stats_label.text()
@@ -127,8 +131,8 @@ def test_full_run_sliders_accept_export(make_napari_viewer, qtbot, tiny_model, s
     assert saved.shape == small_case.image.shape and saved.dtype == np.uint8
     np.testing.assert_array_equal(saved.transpose(img.metadata["scan_axes"]), edited)
     side = json.loads((tmp_path / "result.json").read_text())
-    for key in ("model", "model_sha256", "tau", "threshold", "iteration_shown", "version",
-                "created"):
+    for key in ("model", "model_sha256", "tau", "threshold", "iteration", "result_source",
+                "params", "version", "created"):
         assert key in side
     assert side["model"] == "tiny" and len(side["model_sha256"]) == 64
     assert side["edited_by_user"] is True
@@ -208,6 +212,71 @@ def test_results_stay_on_their_layer_when_switching(make_napari_viewer, qtbot, t
     names = [lyr.name for lyr in viewer.layers]
     assert "A mask" not in names and "A lesions" not in names
     assert "A lesions (accepted)" in names and w._current_session() is None
+
+
+def test_chosen_iteration_is_the_result_and_each_image_keeps_its_review(
+        make_napari_viewer, qtbot, tiny_model, small_case, tmp_path, notes):
+    from napari_itermask import review
+    from napari_itermask.params import RunParams
+
+    viewer = make_napari_viewer()
+    add_case(viewer, small_case, name="A")
+    add_case(viewer, small_case, name="B")
+    w = _widget(viewer, tiny_model, qtbot)
+    w.image_combo.setCurrentText("A")
+    assert w.run()
+    _wait_idle(qtbot, w)
+    a = w._current_session()
+    assert a.job.iterations >= 3
+    # choose an earlier iteration: the lesions (and the error layer) become that iteration's
+    k = 2
+    w.iter_slider.setValue(k)
+    err_k = a.job.error_on_scan(k=k)
+    err_layer = _layer(viewer, "A error")
+    qtbot.waitUntil(lambda: np.array_equal(np.asarray(err_layer.data),
+                                           err_k.transpose(a.source.metadata["scan_axes"])),
+                    timeout=20_000)
+    assert a.review.iteration == k
+    w.threshold_spin.setValue(0.5 * THRESHOLD)
+    lesions = _layer(viewer, "A lesions")
+    want = ((err_k > 0.5 * THRESHOLD) & a.job.volume.scan_brain).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(lesions.data),
+                                  want.transpose(a.source.metadata["scan_axes"]))
+    a.preview_edited = True  # as if the user painted on A's preview
+
+    # image B: its own review, seeded from the card; no question when switching
+    w.image_combo.setCurrentText("B")
+    assert w.run()
+    _wait_idle(qtbot, w)
+    b = w._current_session()
+    assert b is not a and b.review.threshold == THRESHOLD and b.review.iteration is None
+    assert w.threshold_spin.value() == pytest.approx(THRESHOLD)
+    assert w.iter_slider.value() == len(b.steps) - 1
+    w.min_size_spin.setValue(5)
+    assert b.review.min_size == 5 and a.review.min_size == 0
+    w.image_combo.setCurrentText("A")  # back: A's own values, nothing re-thresholded
+    assert w.threshold_spin.value() == pytest.approx(0.5 * THRESHOLD)
+    assert w.iter_slider.value() == k and w.min_size_spin.value() == 0
+    # the mask as the result (a real change: now the painted preview may be replaced)
+    asked = []
+    w.confirm = lambda title, text: asked.append(title) or True
+    w.source_combo.setCurrentIndex(1)
+    assert asked == ["Replace edited labels?"]
+    assert a.review.source == "mask" and not w.threshold_spin.isEnabled()
+    np.testing.assert_array_equal(np.asarray(_layer(viewer, "A lesions").data) > 0,
+                                  a.job.mask_on_scan(k).transpose(a.source.metadata["scan_axes"]))
+    # back to the error map, then export: the sidecar records exactly that choice
+    w.source_combo.setCurrentIndex(0)
+    out = tmp_path / "a.nii.gz"
+    w.export_result(str(out))
+    side = json.loads((tmp_path / "a.json").read_text())
+    assert side["iteration"] == k and side["result_source"] == "error"
+    assert side["threshold"] == pytest.approx(0.5 * THRESHOLD)
+    p = RunParams.from_dict(side["params"])
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), a.job.result(p))
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj),
+                                  review.lesions(a)[0])
+    assert not notes["error"], notes["error"]
 
 
 def test_errors_are_notifications_and_settings_persist(make_napari_viewer, qtbot, tiny_model,

@@ -1,6 +1,7 @@
 """One interactive IterMask² run on one napari image layer: state, and the worker's generator.
 
-No Qt here. The widget keeps one ``Session`` per source layer; the session holds a reference to
+No Qt here. The widget keeps one ``Session`` per source layer, with that image's review state
+(``review.ReviewState``: threshold, minimum size, chosen iteration, result source, next τ); the session holds a reference to
 that layer (never the layer combo's current value), so its results can only land on layers
 derived from it. ``advance`` runs in a worker thread: it loads the model, prepares the job (the
 scan on the model grid), steps the engine and moves *only what will be shown* (the current mask,
@@ -23,6 +24,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .core.engine import RUNNING, SKIPPED
+from .params import RunParams
+from .review import ReviewState, remember_error
 
 __all__ = [
     "RunRequest",
@@ -49,9 +52,8 @@ class RunRequest:
     header: Any = None
     name: str = "image"
     brain_mask: np.ndarray | None = None  # scan shape, bool; None = automatic
-    max_iter: int | None = None  # None = the model card's
-    first_unmask: float | None = None
-    seed: int = 0
+    brain_mask_source: str | None = None  # e.g. "layer 'brain'" (recorded in the sidecar)
+    params: RunParams = field(default_factory=RunParams)  # None values: the model card's
 
 
 @dataclass
@@ -104,10 +106,14 @@ class Session:
     tau: float | None = None  # τ in force for the latest iterations
     error_scan: np.ndarray | None = None  # latest error map on the scan's grid
     shown_step: int = 0
+    review: ReviewState | None = None  # this image's choices, seeded from the card
+    errors: dict = field(default_factory=dict)  # (iteration, is last) → error map (scan grid)
+    accepted: Any = None  # review.Accepted once the user accepted a result
+    summary: str = ""  # "Lesions: n · v mL" of the result last shown
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``errors``
     layers: dict = field(default_factory=dict)  # role → napari layer
     preview_edited: bool = False  # the user painted on the live lesion preview
     key: tuple = ()  # the GUI inputs this run was started with
-    review_ready: bool = False  # review panel initialised with the card's defaults
     stop: threading.Event = field(default_factory=threading.Event)
     consumed: threading.Event = field(default_factory=threading.Event)
 
@@ -121,6 +127,19 @@ class Session:
     @property
     def voxel_ml(self) -> float:
         return self.job.scan.voxel_volume_mm3 / 1000.0
+
+    def apply(self, frame: Frame) -> None:
+        """Take a frame on the consumer's (GUI) thread: the slider's steps, the latest error
+        map, and that map for the review (the loop's own map of what was then the last
+        iteration)."""
+        while len(self.steps) <= frame.step:
+            self.steps.append(frame.info)
+        self.steps[frame.step] = frame.info
+        del self.steps[frame.step + 1:]
+        self.shown_step = frame.step
+        if frame.error is not None:
+            self.error_scan = frame.error
+            remember_error(self, (frame.step, True), frame.error)
 
     def close(self) -> None:
         """Stop for good (reset, source layer removed, widget closed)."""
@@ -136,11 +155,12 @@ def _frame(session: Session, state, k: int) -> Frame:
     tau = None if state.iteration <= 1 and k <= 1 else session.tau
     info = StepInfo(state.iteration, tau, float(mask.sum()) * session.voxel_ml)
     used = state.status != SKIPPED
+    error = job.error_on_scan(state)
     return Frame(
         step=k,
         info=info,
         mask=mask,
-        error=job.error_on_scan(state),
+        error=error,
         recon=job.volume.geometry.to_scan(state.recon, order=1),
         active=int((state.status == RUNNING).sum()),
         total=int(used.sum()),
@@ -233,9 +253,10 @@ def _prepare(session: Session, loader) -> Iterator:
         scan = scan_from_array(req.data, req.affine, req.header, name=req.name)
     for msg in scan.notes:
         yield Note(msg, warning=True)
-    job = Job.create(scan, bundle, brain_mask=req.brain_mask, max_iter=req.max_iter,
-                     first_unmask=req.first_unmask, seed=req.seed)
+    job = Job.create(scan, bundle, req.params, brain_mask=req.brain_mask,
+                     brain_mask_source=req.brain_mask_source)
     session.tau = job.config.tau
+    session.review = ReviewState.from_card(bundle.card, req.params)
     session.job = job
     brain = job.volume.scan_brain
     start = Frame(step=0, info=StepInfo(0, None, float(brain.sum()) * session.voxel_ml),

@@ -22,6 +22,7 @@ replace it). Errors become napari notifications, never tracebacks.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -56,8 +57,10 @@ from ._layers import (
     layer_stem,
     to_layer_shape,
 )
+from . import review
 from ._session import Failure, Finished, Frame, Note, RunRequest, Session, advance
 from ._settings import DEFAULTS, load_settings, save_settings
+from .params import SOURCES, RunParams
 
 __all__ = ["IterMaskWidget"]
 
@@ -74,6 +77,18 @@ LESION_COLOR = {None: "transparent", 0: "transparent", 1: (1.0, 0.2, 0.1, 1.0)}
 def _unwrap(obj):
     """napari hands plugins a proxy of the viewer; identity checks need the real objects."""
     return getattr(obj, "__wrapped__", obj)
+
+
+@contextmanager
+def _signals_blocked(*widgets):
+    """Set controls from the review state without their handlers writing it back."""
+    for w in widgets:
+        w.blockSignals(True)
+    try:
+        yield
+    finally:
+        for w in widgets:
+            w.blockSignals(False)
 
 
 def _notify(kind: str, message: str) -> None:
@@ -241,7 +256,8 @@ class IterMaskWidget(QWidget):
         rv.addWidget(self.iter_label)
         self.iter_slider = QSlider(Qt.Orientation.Horizontal)
         self.iter_slider.setRange(0, 0)
-        self.iter_slider.setToolTip("Show the mask after any stored iteration")
+        self.iter_slider.setToolTip("The iteration whose result is shown, accepted and exported "
+                                    "(rightmost: the last, following the run)")
         self.iter_slider.valueChanged.connect(self._on_iteration_slider)
         rv.addWidget(self.iter_slider)
 
@@ -251,6 +267,7 @@ class IterMaskWidget(QWidget):
         self.tau_spin.setDecimals(4)
         self.tau_spin.setRange(0.0, 1e6)
         self.tau_spin.setSingleStep(0.01)
+        self.tau_spin.valueChanged.connect(self._on_next_tau)
         cont.addWidget(self.tau_spin, 1)
         self.continue_btn = QPushButton("Continue with higher τ")
         self.continue_btn.setToolTip("Resume from the last iteration with this τ; the history "
@@ -261,6 +278,17 @@ class IterMaskWidget(QWidget):
         self.tau_default_label = QLabel()
         self.tau_default_label.setWordWrap(True)
         rv.addWidget(self.tau_default_label)
+
+        source_row = QHBoxLayout()
+        source_row.addWidget(QLabel("Lesions from"))
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(["error map above the threshold", "mask of the iteration"])
+        self.source_combo.setToolTip(
+            "The chosen iteration's reconstruction error above the threshold (the paper's "
+            "segmentation at the last iteration), or the mask still covering voxels after it")
+        self.source_combo.currentIndexChanged.connect(self._on_result_source)
+        source_row.addWidget(self.source_combo, 1)
+        rv.addLayout(source_row)
 
         self.threshold_label = QLabel("Threshold: –")
         rv.addWidget(self.threshold_label)
@@ -580,11 +608,21 @@ class IterMaskWidget(QWidget):
             except ValueError as exc:
                 _notify("error", f"napari-itermask: brain mask '{blayer.name}': {exc}")
                 return None
+        from .errors import ItermaskError
+
+        try:
+            params = RunParams(max_iter=self._max_iter(), first_unmask=self._first_unmask(),
+                               seed=int(self.seed_spin.value()),
+                               min_size=int(self.min_size_spin.value()))
+        except ItermaskError as exc:
+            _notify("error", f"napari-itermask: {exc}")
+            return None
         return RunRequest(
             model=str(spec), device=self.device_combo.currentText(), data=data,
             affine=affine, header=(src.metadata or {}).get("header"), name=src.name,
-            brain_mask=brain, max_iter=self._max_iter(), first_unmask=self._first_unmask(),
-            seed=int(self.seed_spin.value()))
+            brain_mask=brain,
+            brain_mask_source=f"layer '{blayer.name}'" if blayer is not None else None,
+            params=params)
 
     def _request_key(self, src) -> tuple:
         """What a run depends on: a Run with other inputs starts a new history."""
@@ -654,6 +692,8 @@ class IterMaskWidget(QWidget):
         if sess is None or sess.job is None or sess.job.history is None:
             _notify("warning", "napari-itermask: run IterMask² on this image first")
             return False
+        if tau is None:
+            tau = sess.review.next_tau if sess.review is not None else None
         tau = float(self.tau_spin.value() if tau is None else tau)
         if sess.tau is not None and tau <= sess.tau:
             _notify("warning", f"napari-itermask: τ must be above the current {sess.tau:.4g}")
@@ -772,22 +812,10 @@ class IterMaskWidget(QWidget):
         return layer
 
     def _apply_frame(self, sess: Session, frame: Frame) -> None:
-        card = sess.card
-        while len(sess.steps) <= frame.step:
-            sess.steps.append(frame.info)
-        sess.steps[frame.step] = frame.info
-        del sess.steps[frame.step + 1:]
-        sess.shown_step = frame.step
-        self._show(sess, "mask", frame.mask.astype(np.uint8), "labels", opacity=0.35,
-                   colormap=_labels_cmap(MASK_COLOR))
-        if frame.recon is not None:
-            self._show(sess, "reconstruction", frame.recon, "image", colormap="gray",
-                       visible=False, contrast_limits=(-3.0, 3.5))
-        if frame.error is not None:
-            sess.error_scan = frame.error
-            thr = max(float(card.threshold), 1e-6)
-            self._show(sess, "error", frame.error, "image", colormap="inferno",
-                       blending="additive", opacity=0.7, contrast_limits=(0.0, 2.0 * thr))
+        sess.apply(frame)
+        following = sess.review is None or sess.review.iteration is None
+        if following:  # a chosen earlier iteration stays on screen while the history grows
+            self._show_step(sess, frame.step, frame.mask, frame.error, frame.recon)
         if frame.total:
             done = frame.total - frame.active
             self.progress.setValue(int(1000 * done / frame.total))
@@ -796,54 +824,61 @@ class IterMaskWidget(QWidget):
         self.status.setText(f"'{sess.source.name}': iteration {frame.info.iteration}, "
                             f"masked {frame.info.volume_ml:.1f} mL")
         if self._current_session() is sess:
-            self._refresh_review(follow=True)
-        elif sess.error_scan is not None:
-            self._update_lesions(sess, self._threshold_of(sess), self.min_size_spin.value())
+            self._refresh_review()
+        if following and sess.error_scan is not None:
+            self._update_lesions(sess)
+
+    def _show_step(self, sess: Session, k: int, mask, error, recon) -> None:
+        """Show history entry k's mask, error map and reconstruction (scan grid)."""
+        sess.shown_step = k
+        self._show(sess, "mask", mask.astype(np.uint8), "labels", opacity=0.35,
+                   colormap=_labels_cmap(MASK_COLOR))
+        if recon is not None:
+            self._show(sess, "reconstruction", recon, "image", colormap="gray",
+                       visible=False, contrast_limits=(-3.0, 3.5))
+        if error is not None:
+            thr = max(float(sess.card.threshold), 1e-6)
+            self._show(sess, "error", error, "image", colormap="inferno",
+                       blending="additive", opacity=0.7, contrast_limits=(0.0, 2.0 * thr))
 
     # ------------------------------------------------------------- review ------------------
-    def _threshold_of(self, sess: Session) -> float:
-        if self._current_session() is sess:
-            return float(self.threshold_spin.value())
-        return float(sess.card.threshold)
+    # The review's values live in the current image's ``Session.review`` (review.ReviewState);
+    # the controls below only display and edit them, so switching images restores each one's.
+    def _review_controls(self) -> tuple:
+        return (self.iter_slider, self.tau_spin, self.threshold_slider, self.threshold_spin,
+                self.min_size_spin, self.source_combo)
 
-    def _refresh_review(self, follow: bool = False) -> None:
-        """Bring the review panel in line with the current image's session."""
+    def _refresh_review(self) -> None:
+        """Bring the review panel in line with the current image's session (no recompute)."""
         sess = self._current_session()
-        has = sess is not None and sess.job is not None and bool(sess.steps)
+        has = (sess is not None and sess.job is not None and bool(sess.steps)
+               and sess.review is not None)
         self.review_box.setEnabled(has)
         if not has:
-            self.iter_slider.blockSignals(True)
-            self.iter_slider.setRange(0, 0)
-            self.iter_slider.blockSignals(False)
+            with _signals_blocked(self.iter_slider):
+                self.iter_slider.setRange(0, 0)
             self.iter_label.setText("Iteration: –")
             self.stats_label.setText("Lesions: –")
             self.threshold_slider.set_mark(None)
             return
-        card = sess.card
-        self.iter_slider.blockSignals(True)
-        self.iter_slider.setRange(0, len(sess.steps) - 1)
-        if follow:
-            self.iter_slider.setValue(sess.shown_step)
-        self.iter_slider.blockSignals(False)
+        card, rv = sess.card, sess.review
+        with _signals_blocked(*self._review_controls()):
+            last = len(sess.steps) - 1
+            self.iter_slider.setRange(0, last)
+            self.iter_slider.setValue(last if rv.iteration is None else min(rv.iteration, last))
+            self.tau_spin.setValue(float(rv.next_tau if rv.next_tau is not None else sess.tau))
+            self._set_threshold_range(sess)
+            self.threshold_spin.setValue(rv.threshold)
+            self.threshold_slider.setValue(self._to_slider(rv.threshold))
+            self.min_size_spin.setValue(rv.min_size)
+            self.source_combo.setCurrentIndex(SOURCES.index(rv.source))
         self._update_iteration_label(sess, self.iter_slider.value())
-        # τ and threshold defaults from the card (set once per session)
-        if not sess.review_ready:
-            sess.review_ready = True
-            self.tau_spin.setValue(float(sess.tau if sess.tau is not None else card.tau))
-            self._set_threshold_range(sess)
-            self.threshold_spin.blockSignals(True)
-            self.threshold_spin.setValue(float(card.threshold))
-            self.threshold_spin.blockSignals(False)
-            self._sync_threshold_slider()
-        else:
-            self._set_threshold_range(sess)
-            self._sync_threshold_slider()
         self.tau_default_label.setText(f"calibrated τ: {card.tau:.4g}; in force: {sess.tau:.4g}")
         self.tau_default_label.setToolTip(f"τ: {card.tau_derivation.get('method', '?')}")
         self._update_threshold_label(sess)
-        if sess.error_scan is not None:
-            self._update_lesions(sess, float(self.threshold_spin.value()),
-                                 int(self.min_size_spin.value()))
+        self.threshold_slider.setEnabled(rv.source == "error")
+        self.threshold_spin.setEnabled(rv.source == "error")
+        self.stats_label.setText(sess.summary or "Lesions: –")
 
     def _set_threshold_range(self, sess: Session) -> None:
         card = sess.card
@@ -856,14 +891,9 @@ class IterMaskWidget(QWidget):
     def _to_slider(self, value: float) -> int:
         return int(round(np.clip(value / self._threshold_max, 0.0, 1.0) * THRESHOLD_STEPS))
 
-    def _sync_threshold_slider(self) -> None:
-        self.threshold_slider.blockSignals(True)
-        self.threshold_slider.setValue(self._to_slider(float(self.threshold_spin.value())))
-        self.threshold_slider.blockSignals(False)
-
     def _update_threshold_label(self, sess: Session) -> None:
         card = sess.card
-        value = float(self.threshold_spin.value())
+        value = float(sess.review.threshold)
         at_default = abs(value - card.threshold) <= 1e-9 * max(1.0, abs(card.threshold))
         mark = " ★ calibrated default" if at_default else ""
         self.threshold_label.setText(f"Threshold on the error map: {value:.4g}{mark}")
@@ -885,38 +915,60 @@ class IterMaskWidget(QWidget):
         self.iter_label.setText(f"{what} · masked {info.volume_ml:.1f} mL  "
                                 f"[{k}/{len(sess.steps) - 1}]")
 
+    def _edit_review(self, **changes) -> Session | None:
+        """Write the changed control values into the current image's review state."""
+        from .errors import ItermaskError
+
+        sess = self._current_session()
+        if sess is None or sess.review is None:
+            return None
+        try:
+            sess.review.update(**changes)
+        except ItermaskError as exc:
+            _notify("error", f"napari-itermask: {exc}")
+            self._refresh_review()
+            return None
+        return sess
+
     def _on_iteration_slider(self, k: int) -> None:
         sess = self._current_session()
         if sess is None or sess.job is None or not (0 <= k < len(sess.steps)):
             return
+        last = len(sess.steps) - 1
+        if self._edit_review(iteration=None if k == last else int(k)) is None:
+            return
         self._update_iteration_label(sess, k)
-        self._request_mask(sess, k)
+        if k == 0 or review.cache_key(sess.job, k) in sess.errors:
+            self._update_lesions(sess)  # no network pass needed: the result at once
+        self._request_step(sess, k)
 
-    def _request_mask(self, sess: Session, k: int) -> None:
-        """Resample history mask k to the scan's grid in a worker (coalescing requests)."""
+    def _request_step(self, sess: Session, k: int) -> None:
+        """Get history entry k's mask, error map and reconstruction on the scan's grid in a
+        worker (an earlier iteration's maps cost a network pass), coalescing requests."""
         from napari.qt.threading import create_worker
 
         if self._mask_worker is not None:
             self._mask_pending = (sess, k)
             return
-        job = sess.job
 
         def compute():
-            return k, (job.volume.scan_brain if k == 0 else job.mask_on_scan(k))
+            if k == 0:
+                return k, sess.job.volume.scan_brain, None, None
+            error, recon = review.maps_at(sess, k)
+            return k, sess.job.mask_on_scan(k), error, recon
 
         worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(partial(self._on_mask_ready, sess))
+        worker.returned.connect(partial(self._on_step_ready, sess))
         worker.errored.connect(lambda exc: _notify("error", f"napari-itermask: {exc}"))
         worker.finished.connect(self._on_mask_worker_done)
         self._mask_worker = worker
         worker.start()
 
-    def _on_mask_ready(self, sess: Session, result) -> None:
-        k, mask = result
+    def _on_step_ready(self, sess: Session, result) -> None:
+        k, mask, error, recon = result
         if self._alive(sess) and self._mask_pending is None:
-            sess.shown_step = k
-            self._show(sess, "mask", mask.astype(np.uint8), "labels", opacity=0.35,
-                       colormap=_labels_cmap(MASK_COLOR))
+            self._show_step(sess, k, mask, error, recon)
+            self._update_lesions(sess)
 
     def _on_mask_worker_done(self) -> None:
         self._mask_worker = None
@@ -924,95 +976,108 @@ class IterMaskWidget(QWidget):
             sess, k = self._mask_pending
             self._mask_pending = None
             if self._alive(sess):
-                self._request_mask(sess, k)
+                self._request_step(sess, k)
 
     def _on_threshold_slider(self, value: int) -> None:
         self.threshold_spin.setValue(value / THRESHOLD_STEPS * self._threshold_max)
 
     def _on_threshold_spin(self, value: float) -> None:
-        self._sync_threshold_slider()
-        sess = self._current_session()
-        if sess is None or sess.job is None:
-            return
-        self._update_threshold_label(sess)
-        self._update_lesions(sess, float(value), int(self.min_size_spin.value()))
+        with _signals_blocked(self.threshold_slider):
+            self.threshold_slider.setValue(self._to_slider(float(value)))
+        sess = self._edit_review(threshold=float(value))
+        if sess is not None:
+            self._update_threshold_label(sess)
+            self._update_lesions(sess)
 
     def _on_min_size(self, value: int) -> None:
         self._save_ui_settings()
-        sess = self._current_session()
-        if sess is not None and sess.job is not None:
-            self._update_lesions(sess, float(self.threshold_spin.value()), int(value))
+        sess = self._edit_review(min_size=int(value))
+        if sess is not None:
+            self._update_lesions(sess)
+
+    def _on_result_source(self, index: int) -> None:
+        sess = self._edit_review(source=SOURCES[index])
+        if sess is not None:
+            self._refresh_review()
+            self._update_lesions(sess)
+
+    def _on_next_tau(self, value: float) -> None:
+        self._edit_review(next_tau=float(value))
 
     def _on_preview_painted(self, sess: Session, *_):
         sess.preview_edited = True
 
-    def _lesion_labels(self, sess: Session, threshold: float, min_size: int) -> np.ndarray:
-        return sess.job.labels(threshold, min_size, sess.error_scan)
-
-    def _update_lesions(self, sess: Session, threshold: float, min_size: int) -> None:
-        """Threshold the cached error map (no model call) and show count and volume."""
+    def _update_lesions(self, sess: Session) -> None:
+        """Show the session's current result (its own review state) with count and volume."""
         from .core.segmentation import lesion_stats
+        from .errors import ItermaskError
 
-        if sess.error_scan is None:
+        if sess.job is None or sess.review is None or not sess.steps:
             return
-        labels = self._lesion_labels(sess, threshold, min_size)
+        try:
+            labels, _ = review.lesions(sess)
+        except ItermaskError as exc:  # e.g. the error map of iteration 0
+            labels = np.zeros(sess.job.scan.data.shape, np.uint8)
+            sess.summary = f"Lesions: – ({exc})"
+        else:
+            n, ml = lesion_stats(labels, sess.job.scan.voxel_volume_mm3)
+            sess.summary = f"Lesions: {n} · {ml:.2f} mL"
         if sess.preview_edited and self._layer(sess, "lesions") is not None:
             if not self.confirm("Replace edited labels?",
                                 f"You painted on '{sess.source.name} lesions'. Replace your "
-                                "edits with the new threshold's result?"):
+                                "edits with the new result?"):
                 # keep the user's edits as a layer of their own, then start a fresh preview
                 old = sess.layers.pop("lesions")
                 old.name = f"{old.name} (edited)"
                 old.metadata = {k: v for k, v in old.metadata.items() if k != "source_layer"}
             sess.preview_edited = False
         self._show(sess, "lesions", labels, "labels", colormap=_labels_cmap(LESION_COLOR))
-        n, ml = lesion_stats(labels, sess.job.scan.voxel_volume_mm3)
         if self._current_session() is sess:
-            self.stats_label.setText(f"Lesions: {n} · {ml:.2f} mL")
+            self.stats_label.setText(sess.summary)
 
     def restore_defaults(self) -> None:
-        """Calibrated τ and threshold of the model; default options (saved)."""
+        """Calibrated τ and threshold of the model, the last iteration's error map, default
+        options (saved)."""
         d = DEFAULTS
         self.device_combo.setCurrentText(d["device"])
         self.max_iter_spin.setValue(0)
         self.unmask_spin.setValue(self.unmask_spin.minimum())
         self.seed_spin.setValue(d["seed"])
-        self.min_size_spin.setValue(d["min_size"])
-        sess = self._current_session()
-        card = sess.card if sess is not None and sess.card is not None else self._current_card()
-        if card is not None:
-            self.tau_spin.setValue(float(card.tau))
-            self.threshold_spin.setValue(float(card.threshold))
+        with _signals_blocked(self.min_size_spin):
+            self.min_size_spin.setValue(d["min_size"])
         self._save_ui_settings()
+        sess = self._current_session()
+        if sess is None or sess.review is None:
+            return
+        sess.review.restore_defaults(sess.card)
+        self._refresh_review()
+        if sess.steps:
+            last = len(sess.steps) - 1
+            self._update_iteration_label(sess, last)
+            self._request_step(sess, last)
+            self._update_lesions(sess)
 
     # ------------------------------------------------------- accept / export -------------
-    def _provenance(self, sess: Session, labels: np.ndarray, edited: bool) -> dict:
-        from .pipeline import provenance
-
-        prov = provenance(sess.job, threshold=float(self.threshold_spin.value()),
-                          min_size=int(self.min_size_spin.value()), labels=labels,
-                          iteration=int(self.iter_slider.value()))
-        prov["tau"] = float(sess.tau)  # τ in force last (Continue may have raised it)
-        prov["iterations_stored"] = len(sess.steps) - 1
-        prov["source_layer"] = sess.source.name
-        prov["edited_by_user"] = bool(edited)
-        return prov
-
     def accept_result(self):
-        """Copy the current lesions into an editable '<name> lesions (accepted)' layer."""
+        """Copy the current result into an editable '<name> lesions (accepted)' layer."""
+        from .errors import ItermaskError
+
         sess = self._current_session()
-        if sess is None or sess.error_scan is None:
+        if sess is None or sess.error_scan is None or sess.review is None:
             _notify("warning", "napari-itermask: nothing to accept yet: Run first")
             return None
-        labels = self._lesion_labels(sess, float(self.threshold_spin.value()),
-                                     int(self.min_size_spin.value()))
         existing = self._layer(sess, "accepted")
         if existing is not None and not self.confirm(
                 "Replace accepted labels?",
                 f"'{existing.name}' may hold your edits. Replace it with the current result?"):
             return None
-        prov = self._provenance(sess, labels, edited=False)
-        data = to_layer_shape(labels, sess.source)
+        try:
+            acc = review.accept(sess)
+        except ItermaskError as exc:
+            _notify("error", f"napari-itermask: {exc}")
+            return None
+        prov = review.provenance(sess, acc.params, acc.labels)
+        data = to_layer_shape(acc.labels, sess.source)
         if existing is not None:
             existing.data = data
             existing.metadata = {**existing.metadata, "provenance": prov}
@@ -1025,7 +1090,8 @@ class IterMaskWidget(QWidget):
             sess.layers["accepted"] = layer
         self._viewer.layers.selection.active = layer
         layer.mode = "paint"
-        self.status.setText(f"Accepted as '{layer.name}': edit it with the brush, then Export.")
+        self.status.setText(f"Accepted as '{layer.name}' ({prov['result']}): edit it with the "
+                            "brush, then Export.")
         return layer
 
     def _ask_export_path(self, default: str) -> str | None:
@@ -1035,25 +1101,22 @@ class IterMaskWidget(QWidget):
         return path or None
 
     def export_result(self, path: str | None = None):
-        """Write the lesions (the accepted layer if any) as NIfTI + JSON provenance sidecar."""
+        """Write the accepted layer (else the current result) as NIfTI + a JSON sidecar that
+        records what produced it (``itermask segment --params`` replays it)."""
         from .errors import ItermaskError
-        from .export import sidecar_path, write_labels
+        from .export import sidecar_path
 
         sess = self._current_session()
-        if sess is None or sess.error_scan is None:
+        if sess is None or sess.error_scan is None or sess.review is None:
             _notify("warning", "napari-itermask: nothing to export yet: Run first")
             return None
         accepted = self._layer(sess, "accepted")
-        if accepted is not None:
+        labels = None
+        if accepted is None:
+            sess.accepted = None  # its layer is gone: export what the review shows now
+        else:
             labels = from_layer_shape(accepted.data, sess.source).reshape(
                 sess.job.scan.data.shape)
-            edited = not np.array_equal(
-                labels > 0, self._lesion_labels(sess, float(self.threshold_spin.value()),
-                                                int(self.min_size_spin.value())) > 0)
-        else:
-            labels = self._lesion_labels(sess, float(self.threshold_spin.value()),
-                                         int(self.min_size_spin.value()))
-            edited = False
         if path is None:
             folder = self._settings.get("export_dir") or str(Path.home())
             meta_path = (sess.source.metadata or {}).get("path")
@@ -1069,14 +1132,8 @@ class IterMaskWidget(QWidget):
                 "Replace existing files?",
                 "These exist and would be replaced:\n" + "\n".join(map(str, existing))):
             return None
-        if labels.max(initial=0) > 255 or labels.min(initial=0) < 0:
-            _notify("error", "napari-itermask: labels must lie in 0..255 to export as uint8")
-            return None
-        prov = self._provenance(sess, labels, edited)
-        scan = sess.job.scan
         try:
-            written = write_labels(target, labels.astype(np.uint8), scan.affine, scan.header,
-                                   prov, overwrite=bool(existing))
+            written = review.export(sess, target, labels, overwrite=bool(existing))
         except ItermaskError as exc:
             _notify("error", f"napari-itermask: {exc}")
             return None

@@ -128,9 +128,60 @@ def _remove_if_empty(created: list[Path]) -> None:
             return
 
 
+def run_params(args):
+    """(RunParams, the sidecar or None) from ``--params`` and the flags given (which override
+    the sidecar's values); validated before any work."""
+    from .params import RunParams
+
+    side = None
+    params = RunParams()
+    if args.params:
+        params, side = RunParams.from_sidecar(args.params)
+    given = {name: getattr(args, attr) for name, attr in (
+        ("tau", "tau"), ("first_unmask", "first_unmask"), ("max_iter", "max_iter"),
+        ("seed", "seed"), ("threshold", "threshold"), ("min_size", "min_size"),
+        ("iteration", "iteration"), ("source", "result"))
+        if getattr(args, attr) is not None}
+    return (params.replace(**given) if given else params), side
+
+
+def _replay_checks(side: dict, bundle, scan, args) -> None:
+    """A replay must use the model weights (and brain mask) the sidecar's labels came from."""
+    from .params import ParamsError
+
+    want = side.get("model_sha256")
+    if want and want != bundle.card.weights_sha256:
+        raise ParamsError(f"{args.params} was made with model weights sha256 {want[:12]}…, "
+                          f"not {bundle.card.weights_sha256[:12]}… ({bundle.name}); pass "
+                          "--model with those weights")
+    mask = side.get("brain_mask")
+    if mask and not str(mask).startswith("automatic") and not args.brain_mask:
+        raise ParamsError(f"{args.params} used a brain mask ({mask}); pass it with --brain-mask")
+    if side.get("input_sha256") and scan.sha256 and side["input_sha256"] != scan.sha256:
+        print(f"warning: {scan.path.name if scan.path else 'the input'} is not the file "
+              f"{args.params} was made from (sha256 differs)", file=sys.stderr)
+    if side.get("edited_by_user"):
+        print(f"warning: the labels of {args.params} were edited by hand; the replay gives "
+              "the result before the edits", file=sys.stderr)
+
+
+def _sidecar_model(side: dict) -> str:
+    path = side.get("model_path")
+    if path and Path(path).is_dir():
+        return str(path)
+    if not side.get("model"):
+        from .params import ParamsError
+
+        raise ParamsError("the sidecar names no model; pass --model")
+    return str(side["model"])
+
+
 def cmd_segment(args) -> int:
     inputs = [Path(p) for p in args.inputs]
     out = Path(args.output)
+    args.run_params, args.sidecar = run_params(args)  # bad values stop here, before any work
+    if args.sidecar is not None and len(inputs) > 1:
+        raise InputError("--params replays one scan's result: give one input")
     if len(inputs) > 1:
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out} is not a folder; with several inputs -o must name a folder")
@@ -178,7 +229,12 @@ def _segment_all(args, inputs, targets) -> int:
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         mask = load_brain_mask(args.brain_mask, scan) if args.brain_mask else None
-        spec, hint, why = choose_model(inp, args.model)
+        if args.sidecar is not None and not args.model:
+            spec, hint, why = _sidecar_model(args.sidecar), None, f"from {args.params}"
+            hints = contrast_hints(inp)
+            hint = next(iter(hints)) if len(hints) == 1 else None
+        else:
+            spec, hint, why = choose_model(inp, args.model)
         if spec not in bundles:  # after the first scan is known to be usable
             bundles[spec] = _load_model(spec, args.device, args.quiet or bool(bundles), why)
         bundle = bundles[spec]
@@ -193,8 +249,10 @@ def _segment_all(args, inputs, targets) -> int:
                 print(f"\r{_name}: iteration {state.iteration}, {active} slices still shrinking ",
                       end="", file=sys.stderr, flush=True)
 
-        res = segment_scan(scan, bundle, brain_mask=mask, threshold=args.threshold,
-                           min_size=args.min_size, max_iter=args.max_iter, seed=args.seed,
+        if args.sidecar is not None:
+            _replay_checks(args.sidecar, bundle, scan, args)
+        res = segment_scan(scan, bundle, args.run_params, brain_mask=mask,
+                           brain_mask_source=str(args.brain_mask) if args.brain_mask else None,
                            batch_size=args.batch_size, progress=progress)
         if not args.quiet:
             print(file=sys.stderr)
@@ -205,7 +263,7 @@ def _segment_all(args, inputs, targets) -> int:
                                        args.overwrite))
         capped = prov["slices_capped"]
         msg = (f"{inp.name}: {prov['lesion_count']} lesion(s), {prov['lesion_volume_ml']:.2f} mL "
-               f"-> {target}")
+               f"({prov['result']}) -> {target}")
         if capped:
             msg += f" ({len(capped)} slice(s) hit the iteration cap of {prov['max_iter']})"
         print(msg)
@@ -365,10 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--brain-mask", metavar="FILE", help="brain mask NIfTI on the scan's grid")
-    s.add_argument("--threshold", type=float, help="segmentation threshold (default: the card's)")
+    s.add_argument("--threshold", type=float,
+                   help="segmentation threshold on the error map (default: the card's)")
+    s.add_argument("--tau", type=float,
+                   help="unmasking threshold τ: mask pixels whose squared reconstruction error "
+                        "is below it are declared normal (default: the card's)")
+    s.add_argument("--first-unmask", type=float, metavar="SHARE",
+                   help="share of the brain (0 to <1) the first step declares normal "
+                        "(default: the card's)")
     s.add_argument("--max-iter", type=int, help="iteration cap (default: the card's)")
-    s.add_argument("--min-size", type=int, default=0, help="drop lesions under N voxels")
-    s.add_argument("--seed", type=int, default=0, help="noise seed (results are deterministic)")
+    s.add_argument("--iteration", type=int, metavar="K",
+                   help="take the result of iteration K (default: the last, as in the paper)")
+    s.add_argument("--result", choices=["error", "mask"], default=None,
+                   help="lesions from the iteration's reconstruction error above the threshold "
+                        "(error, the default) or its remaining mask (mask)")
+    s.add_argument("--min-size", type=int, default=None,
+                   help="drop lesions under N voxels (default 0)")
+    s.add_argument("--seed", type=int, default=None,
+                   help="noise seed (default 0; results are deterministic)")
+    s.add_argument("--params", metavar="SIDECAR.json",
+                   help="replay the result a sidecar records (its model, run, iteration, "
+                        "source, threshold, minimum size); flags given override its values")
     s.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
     s.add_argument("--save-error-map", action="store_true", help="also write the error map")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")

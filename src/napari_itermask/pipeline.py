@@ -1,8 +1,10 @@
 """One scan through IterMask²: model grid → shrink loop → error map back on the scan's grid.
 
 The CLI, the napari widget, training's evaluation and the tests all call this module, so each
-step has exactly one implementation. ``iterate`` yields the engine's states for interactive use;
-``segment_scan`` runs to the end and returns labels on the scan's own grid plus provenance.
+step has exactly one implementation. ``Job.iterate`` yields the engine's states for interactive
+use; ``segment_scan`` runs the loop as a ``RunParams`` says and returns the chosen result (by
+default the paper's: the last iteration's error above the card's threshold) on the scan's own
+grid plus provenance that replays it.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from .core.engine import (
     EngineConfig,
     History,
     IterationState,
+    reconstruct_at,
     run,
 )
 from .core.segmentation import lesion_stats, remove_small
 from .models import ModelBundle
+from .params import ParamsError, RunParams
 from .volume import ModelGridVolume, Scan, to_model_grid
 
-__all__ = ["Job", "SegmentationResult", "engine_config", "prepare", "segment_scan", "pick_device",
-           "provenance"]
+__all__ = ["Job", "SegmentationResult", "RunParams", "describe", "engine_config", "prepare",
+           "segment_scan", "pick_device", "provenance"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -63,28 +67,35 @@ def prepare(scan: Scan, bundle: ModelBundle, brain_mask: np.ndarray | None = Non
 
 def engine_config(card, *, tau=None, max_iter=None, first_unmask=None, seed: int = 0,
                   batch_size: int = 32, tau_step=None) -> EngineConfig:
-    """The loop a model card describes (τ, first step, stop rule, cap, radius, guidance, error
-    smoothing, rim and polarity); the keyword arguments override the card where given."""
-    return EngineConfig(
-        tau=float(card.tau if tau is None else tau),
-        first_unmask=float(card.first_unmask if first_unmask is None else first_unmask),
-        stop_shrink=card.stop_shrink,
-        max_iter=int(card.max_iter if max_iter is None else max_iter),
-        batch_size=batch_size,
-        seed=int(seed),
-        min_brain_pixels=card.min_brain_pixels,
-        radius=card.frequency_radius,
-        tau_step=tau_step,
-        masked_guidance=card.masked_guidance,
-        smoothing=card.error_smoothing,
-        rim=card.error_rim,
-        polarity=card.error_polarity,
-    )
+    """The loop a model card describes, the keyword arguments overriding it where given.
+
+    Kept for training/ and benchmarks/; new code builds a ``RunParams`` and calls
+    ``EngineConfig.from_card(card, params)``."""
+    params = RunParams(tau=tau, max_iter=max_iter, first_unmask=first_unmask, seed=seed)
+    return EngineConfig.from_card(card, params.resolve(card), batch_size=_batch(batch_size),
+                                  tau_step=tau_step)
+
+
+def _batch(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParamsError(f"batch size must be a whole number >= 1, not {batch_size!r}")
+    return batch_size
+
+
+def _with(params: RunParams | None, **overrides) -> RunParams:
+    """``params`` (default: all from the card) with the keyword values that are not None."""
+    params = RunParams() if params is None else params
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return params.replace(**given) if given else params
 
 
 @dataclass
 class Job:
-    """A scan prepared for one model, with everything needed to run and revisit the loop."""
+    """A scan prepared for one model, with everything needed to run and revisit the loop.
+
+    ``params`` holds the run's parameters, resolved against the card (τ at the start, first
+    step, cap, seed); ``continued`` the (after iteration, τ) of each resume with a higher τ.
+    """
 
     scan: Scan
     bundle: ModelBundle
@@ -92,25 +103,51 @@ class Job:
     config: EngineConfig
     history: History | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    params: RunParams = field(default_factory=RunParams)
+    continued: list = field(default_factory=list)
+    brain_mask_source: str | None = None  # where a given brain mask came from; None: automatic
 
     @classmethod
-    def create(cls, scan: Scan, bundle: ModelBundle, *, brain_mask=None, tau=None,
-               max_iter=None, first_unmask=None, seed: int = 0, batch_size: int = 32,
-               tau_step=None) -> "Job":
+    def create(cls, scan: Scan, bundle: ModelBundle, params: RunParams | None = None, *,
+               brain_mask=None, brain_mask_source: str | None = None, batch_size: int = 32,
+               tau_step=None, tau=None, max_iter=None, first_unmask=None, seed=None) -> "Job":
+        """``params`` (None: the card's loop), with the keyword overrides (kept for older
+        callers) applied on top; every value is validated once, in ``RunParams``."""
+        params = _with(params, tau=tau, max_iter=max_iter, first_unmask=first_unmask,
+                       seed=seed).resolve(bundle.card)
+        cfg = EngineConfig.from_card(bundle.card, params, batch_size=_batch(batch_size),
+                                     tau_step=tau_step)
         vol = prepare(scan, bundle, brain_mask)
-        cfg = engine_config(bundle.card, tau=tau, max_iter=max_iter, first_unmask=first_unmask,
-                            seed=seed, batch_size=batch_size, tau_step=tau_step)
-        return cls(scan, bundle, vol, cfg)
+        if brain_mask is not None and brain_mask_source is None:
+            brain_mask_source = "given"
+        return cls(scan, bundle, vol, cfg, params=params, brain_mask_source=brain_mask_source)
+
+    @property
+    def iterations(self) -> int:
+        """Iterations in the history so far (0 before the first)."""
+        return len(self.history) - 1 if self.history is not None else 0
 
     def iterate(self, resume: IterationState | None = None, tau: float | None = None):
-        """Yield engine states; records each into ``history``. ``tau`` overrides for a resume."""
+        """Engine states, each recorded into ``history`` as it comes. ``tau`` raises τ for a
+        resume; the (after iteration, τ) is recorded in ``continued`` at once, so a replay
+        does the same. The history and the record start with the call, not the first step."""
         if self.history is None:
             self.history = History.start(self.volume.brain, self.config.tau)
         if tau is not None:  # the τ in force from now on (provenance reports it)
-            self.config = EngineConfig(**{**self.config.__dict__, "tau": float(tau)})
+            tau = float(tau)
+            if not np.isfinite(tau) or tau <= self.config.tau:
+                raise ParamsError(f"τ must rise above {self.config.tau:.4g} to continue, "
+                                  f"not {tau:.4g}")
+            after = resume.iteration if resume is not None else self.iterations
+            self.continued.append((int(after), tau))
+            self.config = EngineConfig(**{**self.config.__dict__, "tau": tau})
         self.cancel.clear()
-        for state in run(self.volume.x, self.volume.brain, self.bundle.first, self.bundle.masked,
-                         self.config, resume=resume, cancel=self.cancel):
+        return self._record(run(self.volume.x, self.volume.brain, self.bundle.first,
+                                self.bundle.masked, self.config, resume=resume,
+                                cancel=self.cancel))
+
+    def _record(self, states):
+        for state in states:
             self.history.record(state)
             yield state
 
@@ -119,12 +156,74 @@ class Job:
             pass
         return self.history.last if self.history else None
 
+    def replay(self, params: RunParams, progress=None) -> None:
+        """Run the loop as ``params`` records it: up to the first continue's iteration, then
+        resume with each higher τ in turn, and stop after ``run_until`` iterations in all
+        (None: at convergence). ``params``' run values must be this job's
+        (``Job.create(scan, bundle, params)``); ``progress(state)`` sees every state."""
+        if self.history is not None:
+            raise ParamsError("replay needs a fresh job")
+        steps = list(params.continued)
+        stops = [after for after, _ in steps] + [params.run_until]
+        for i, stop in enumerate(stops):
+            if i == 0:
+                gen = self.iterate()
+            else:
+                after, tau = steps[i - 1]
+                if self.iterations != after:
+                    raise ParamsError(f"the run stopped after {self.iterations} iterations, "
+                                      f"before the recorded continue at iteration {after}")
+                gen = self.iterate(resume=self.history.last, tau=tau)
+            while stop is None or self.iterations < stop:
+                try:
+                    state = next(gen)
+                except StopIteration:
+                    break
+                if progress is not None:
+                    progress(state)
+            gen.close()
+        if params.run_until is not None and self.iterations != params.run_until:
+            raise ParamsError(f"the run stopped after {self.iterations} iterations, not the "
+                              f"{params.run_until} recorded")
+
     # -- results on the scan's grid ------------------------------------------------------
-    def error_on_scan(self, state: IterationState | None = None) -> np.ndarray:
-        state = state or self.history.last
-        if state is None:
-            return np.zeros(self.scan.data.shape, np.float32)
-        err = self.volume.geometry.to_scan(state.error, order=1)
+    def reconstruction_at(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(error map, reconstruction) of history entry k on the model grid.
+
+        The last iteration's come from the loop itself; an earlier one's are recomputed
+        (``engine.reconstruct_at``: deterministic, one network pass per slice). Iteration 0
+        has no reconstruction: error 0, the scan itself."""
+        if self.history is None or not 0 <= k < len(self.history):
+            raise ParamsError(f"iteration {k} does not exist: the run has "
+                              f"{self.iterations} iteration(s)")
+        last = self.history.last
+        if k == 0 or last is None:
+            return np.zeros_like(self.volume.x), self.volume.x.copy()
+        if k == last.iteration:
+            return last.error, last.recon
+        return reconstruct_at(self.volume.x, self.volume.brain, self.bundle.first,
+                              self.bundle.masked, self.config, self.history, k)
+
+    def error_on_scan(self, state: IterationState | None = None, *,
+                      k: int | None = None) -> np.ndarray:
+        """An error map on the scan's grid: of ``state``, of history entry ``k``, or (neither
+        given) of the last iteration."""
+        if k is not None:
+            error = self.reconstruction_at(k)[0]
+        else:
+            state = state or (self.history.last if self.history is not None else None)
+            if state is None:
+                return np.zeros(self.scan.data.shape, np.float32)
+            error = state.error
+        return self._error_to_scan(error)
+
+    def maps_on_scan(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(error map, reconstruction) of history entry k on the scan's grid."""
+        error, recon = self.reconstruction_at(k)
+        return self._error_to_scan(error), self.volume.geometry.to_scan(recon, order=1)
+
+    def _error_to_scan(self, error: np.ndarray) -> np.ndarray:
+        err = self.volume.geometry.to_scan(error, order=1)
         return np.where(self.volume.scan_brain, err, 0.0).astype(np.float32)
 
     def labels(self, threshold: float, min_size: int = 0, error_scan=None) -> np.ndarray:
@@ -137,17 +236,54 @@ class Job:
         m = self.history.masks(k).astype(np.uint8)
         return (self.volume.geometry.to_scan(m, order=0) > 0) & self.volume.scan_brain
 
+    def result_params(self, *, iteration: int | None = None, source: str = "error",
+                      threshold: float | None = None, min_size: int = 0) -> RunParams:
+        """The complete record of a result taken from this job now: its run (with the
+        continues and the iterations run) and the chosen iteration (None: the last), source,
+        threshold (None: the card's) and minimum size."""
+        k = self.iterations if iteration is None else int(iteration)
+        if k > self.iterations:
+            raise ParamsError(f"iteration {k} does not exist: the run has "
+                              f"{self.iterations} iteration(s)")
+        return self.params.replace(
+            continued=tuple(self.continued), run_until=self.iterations, iteration=k,
+            source=source, min_size=min_size,
+            threshold=self.bundle.card.threshold if threshold is None else threshold)
+
+    def result(self, params: RunParams, error_scan=None) -> np.ndarray:
+        """uint8 labels on the scan's grid for ``result_params``' choice: iteration k's error
+        map above the threshold (``error_scan``: that map, if already computed) or its mask,
+        minus lesions under the minimum size."""
+        k = self.iterations if params.iteration is None else params.iteration
+        if params.source == "mask":
+            lab = self.mask_on_scan(k)
+        else:
+            err = self.error_on_scan(k=k) if error_scan is None else error_scan
+            lab = (err > params.threshold) & self.volume.scan_brain
+        return remove_small(lab, params.min_size).astype(np.uint8)
+
 
 @dataclass
 class SegmentationResult:
     labels: np.ndarray  # uint8, scan shape
-    error: np.ndarray  # float32, scan shape
+    error: np.ndarray  # float32, scan shape: the chosen iteration's error map
     job: Job
     provenance: dict
+    params: RunParams | None = None  # what produced ``labels`` (also in the provenance)
 
 
-def provenance(job: Job, *, threshold: float, min_size: int, labels: np.ndarray,
-               iteration: int | None = None) -> dict:
+def describe(params: RunParams) -> str:
+    """One line saying what a result is, e.g. 'error of iteration 7 above 0.5'."""
+    what = (f"mask after iteration {params.iteration}" if params.source == "mask"
+            else f"error of iteration {params.iteration} above {params.threshold:.4g}")
+    if params.min_size > 1:
+        what += f", lesions of {params.min_size} voxels or more"
+    return what
+
+
+def provenance(job: Job, params: RunParams, labels: np.ndarray) -> dict:
+    """The sidecar: what produced ``labels`` (``params``, from ``Job.result_params``), on what
+    scan, with which model; ``params`` replays it (``itermask segment --params``)."""
     state = job.history.last if job.history else None
     card = job.bundle.card
     n_les, vol_ml = lesion_stats(labels, job.scan.voxel_volume_mm3)
@@ -163,14 +299,21 @@ def provenance(job: Job, *, threshold: float, min_size: int, labels: np.ndarray,
         "model_path": str(job.bundle.path) if job.bundle.path else None,
         "model_sha256": card.weights_sha256,
         "model_trained": card.trained,
-        "tau": float(job.config.tau),
-        "threshold": float(threshold),
+        "brain_mask": job.brain_mask_source or "automatic (voxels > 0)",
+        "result": describe(params),
+        "result_source": params.source,
+        "iteration": params.iteration,
+        "iterations_run": params.run_until,
+        "tau": params.tau,
+        "tau_in_force": params.tau_in_force,
+        "continued": [[a, t] for a, t in params.continued],
+        "threshold": params.threshold,
         "threshold_derivation": card.threshold_derivation,
-        "min_lesion_size_voxels": int(min_size),
-        "seed": job.config.seed,
-        "first_unmask": job.config.first_unmask,
-        "max_iter": job.config.max_iter,
-        "iteration_shown": iteration,
+        "min_lesion_size_voxels": params.min_size,
+        "seed": params.seed,
+        "first_unmask": params.first_unmask,
+        "max_iter": params.max_iter,
+        "params": params.to_dict(),
         "iterations_per_slice": [int(i) for i in iters],
         "slices_skipped": [int(i) for i in np.nonzero(status == SKIPPED)[0]],
         "slices_capped": [int(i) for i in np.nonzero(status == CAPPED)[0]],
@@ -181,17 +324,22 @@ def provenance(job: Job, *, threshold: float, min_size: int, labels: np.ndarray,
     }
 
 
-def segment_scan(scan: Scan, bundle: ModelBundle, *, brain_mask=None, threshold=None,
-                 min_size: int = 0, max_iter=None, seed: int = 0, batch_size: int = 32,
+def segment_scan(scan: Scan, bundle: ModelBundle, params: RunParams | None = None, *,
+                 brain_mask=None, brain_mask_source: str | None = None, threshold=None,
+                 min_size=None, max_iter=None, seed=None, batch_size: int = 32,
                  progress=None) -> SegmentationResult:
-    """Run the whole loop on one scan and threshold the final error map on the scan's grid."""
-    job = Job.create(scan, bundle, brain_mask=brain_mask, max_iter=max_iter, seed=seed,
-                     batch_size=batch_size)
-    for state in job.iterate():
-        if progress is not None:
-            progress(state)
-    thr = float(bundle.card.threshold if threshold is None else threshold)
-    err = job.error_on_scan()
-    labels = job.labels(thr, min_size, err)
-    prov = provenance(job, threshold=thr, min_size=min_size, labels=labels)
-    return SegmentationResult(labels, err, job, prov)
+    """Run the loop on one scan as ``params`` says (None: the card's, to convergence, the
+    paper's final-error segmentation) and take its result on the scan's grid. The keyword
+    values override ``params`` where given. The same ``params`` (e.g. a sidecar's) gives the
+    same labels."""
+    params = _with(params, threshold=threshold, min_size=min_size, max_iter=max_iter,
+                   seed=seed)
+    job = Job.create(scan, bundle, params, brain_mask=brain_mask,
+                     brain_mask_source=brain_mask_source, batch_size=batch_size)
+    job.replay(params, progress)
+    final = job.result_params(iteration=params.iteration, source=params.source,
+                              threshold=params.threshold, min_size=params.min_size)
+    err = (job.error_on_scan(k=final.iteration) if final.iteration > 0
+           else np.zeros(scan.data.shape, np.float32))
+    labels = job.result(final, error_scan=err)
+    return SegmentationResult(labels, err, job, provenance(job, final, labels), final)

@@ -15,7 +15,15 @@ iteration from ``seed`` (keyed by the slice's id), so results do not depend on t
 Every yielded state holds, for all slices, the current mask, the full-brain error map
 ``(x − x')² · brain`` of the latest reconstruction (what the final segmentation thresholds,
 method.md §7), and that reconstruction. Each state owns its arrays (copies, a few MB per
-iteration); ``History`` keeps the masks of all iterations compactly.
+iteration); ``History`` keeps the masks of all iterations compactly, and which slices each
+iteration computed.
+
+The error map of any earlier iteration k is not stored: ``reconstruct_at`` recomputes it
+deterministically from the history (each slice's mask before its last computed iteration
+<= k, and that iteration's seeded noise) with the same forward code as the loop, one pass per
+slice. Bounded memory (bits per iteration) at the price of one network call per review of an
+earlier iteration. Recomputed and in-loop maps agree to float rounding (batches differ); the
+pipeline always obtains a given iteration's map the same way, so replays are bit-identical.
 
 ``smoothing`` > 0 (a project option, off in the paper): every decision reads a Gaussian-weighted
 local mean of the squared error instead of the single pixel — the first-step cut and the map
@@ -52,6 +60,7 @@ __all__ = [
     "History",
     "run",
     "run_to_end",
+    "reconstruct_at",
     "slice_noise",
     "RUNNING",
     "CONVERGED",
@@ -97,6 +106,36 @@ class EngineConfig:
         if self.polarity not in POLARITIES:
             raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}")
 
+    @classmethod
+    def from_card(cls, card, params=None, *, batch_size: int = 32,
+                  tau_step: float | None = None) -> "EngineConfig":
+        """The loop a model card describes (τ, first step, stop rule, cap, radius, guidance,
+        error smoothing, rim, polarity), with ``params`` overriding τ, ``first_unmask``,
+        ``max_iter`` and ``seed`` where they are not None.
+
+        ``params`` is a ``napari_itermask.params.RunParams`` (validated there, with messages
+        meant for users) or anything with those attributes; the core does not import it.
+        """
+        def pick(name):
+            value = getattr(params, name, None) if params is not None else None
+            return getattr(card, name) if value is None else value
+
+        return cls(
+            tau=float(pick("tau")),
+            first_unmask=float(pick("first_unmask")),
+            stop_shrink=card.stop_shrink,
+            max_iter=int(pick("max_iter")),
+            batch_size=int(batch_size),
+            seed=int(getattr(params, "seed", 0) or 0),
+            min_brain_pixels=card.min_brain_pixels,
+            radius=card.frequency_radius,
+            tau_step=tau_step,
+            masked_guidance=card.masked_guidance,
+            smoothing=card.error_smoothing,
+            rim=card.error_rim,
+            polarity=card.error_polarity,
+        )
+
 
 @dataclass
 class IterationState:
@@ -137,6 +176,26 @@ def _device_of(net) -> torch.device:
 def _chunks(idx: np.ndarray, n: int):
     for i in range(0, len(idx), n):
         yield idx[i : i + n]
+
+
+def _reconstruct(x, xf, mask, noise, f1: Net, f: Net, cfg: EngineConfig) -> torch.Tensor:
+    """One batch through the first step (``mask`` None: ``f1(x_f)``) or the masked net
+    (``f(cat(where(mask, noise, x), guide))``); (B, 1, H, W) float32."""
+    if mask is None:
+        out = f1(xf)
+    else:
+        x_hat = torch.where(mask, noise, x)
+        guide = xf if cfg.masked_guidance else torch.zeros_like(xf)
+        out = f(torch.cat([x_hat, guide], dim=1))
+    return out.float()
+
+
+def _reported_error(x, out, br, brain_np, report, cfg: EngineConfig):
+    """(per-pixel squared error, its brain-wide smoothing, the map the loop reports) of one
+    batch, as NumPy arrays."""
+    e = (squared_error(x, out, cfg.polarity) * br)[:, 0].cpu().numpy()
+    full = smooth_within(e, brain_np, cfg.smoothing)
+    return e, full, (full if report is None else np.where(report, full, 0))
 
 
 def run(
@@ -220,21 +279,17 @@ def run(
                 br = torch.from_numpy(b_np[idx]).to(device)[:, None]
                 xf = xf_of(idx)
                 if t == 1 and resume is None:
-                    out = f1(xf)
+                    m = eps = None
                 else:
                     m = torch.from_numpy(masks[idx]).to(device)[:, None]
                     eps = torch.stack(
                         [slice_noise(cfg.seed, ids[i], t, (h, w)) for i in idx]
                     ).to(device)[:, None]
-                    x_hat = torch.where(m, eps, x)
-                    guide = xf if cfg.masked_guidance else torch.zeros_like(xf)
-                    out = f(torch.cat([x_hat, guide], dim=1))
+                out = _reconstruct(x, xf, m, eps, f1, f, cfg)
                 passes += len(idx)
-                out = out.float()
-                e = (squared_error(x, out, cfg.polarity) * br)[:, 0].cpu().numpy()
+                e, full, error[idx] = _reported_error(
+                    x, out, br, b_np[idx], None if report is None else report[idx], cfg)
                 recon[idx] = out[:, 0].cpu().numpy()
-                full = smooth_within(e, b_np[idx], cfg.smoothing)
-                error[idx] = full if report is None else np.where(report[idx], full, 0)
                 if cfg.smoothing > 0 and not (t == 1 and resume is None):
                     decide[idx] = smooth_within(e, masks[idx], cfg.smoothing)
                 else:
@@ -279,29 +334,37 @@ def run(
 class History:
     """Compact record of a run on the model grid: one bit-packed mask per iteration.
 
-    ``masks(0)`` is the initial mask (the brain); ``masks(k)`` the mask after iteration k.
-    The final error map and reconstruction are kept once, as float32.
+    ``masks(k)`` is the mask after iteration k (0: the brain); ``computed(k)`` the slices that
+    iteration k ran through a network (none for 0). With the seed, these are all that
+    ``reconstruct_at`` needs to give iteration k's error map again. The final state (error map
+    and reconstruction as float32) is kept once, in ``last``.
     """
 
     shape: tuple[int, int, int]
     packed: list[np.ndarray] = field(default_factory=list)
     taus: list[np.ndarray] = field(default_factory=list)
     volumes: list[int] = field(default_factory=list)  # masked pixels per step (model grid)
+    updated: list[np.ndarray] = field(default_factory=list)  # packed (N,) bool per step
     last: IterationState | None = None
 
     @classmethod
     def start(cls, brain: np.ndarray, tau: float) -> "History":
         hist = cls(shape=tuple(brain.shape))
-        hist._push(np.asarray(brain, dtype=bool), np.full(brain.shape[0], tau))
+        hist._push(np.asarray(brain, dtype=bool), np.full(brain.shape[0], tau),
+                   np.zeros(brain.shape[0], bool))
         return hist
 
-    def _push(self, masks: np.ndarray, tau: np.ndarray) -> None:
+    def _push(self, masks: np.ndarray, tau: np.ndarray, updated: np.ndarray) -> None:
         self.packed.append(np.packbits(masks, axis=-1))
         self.taus.append(np.asarray(tau, dtype=np.float64).copy())
         self.volumes.append(int(masks.sum()))
+        self.updated.append(np.packbits(np.asarray(updated, bool)))
 
     def record(self, state: IterationState) -> None:
-        self._push(state.masks, state.tau)
+        if state.iteration != len(self.packed):
+            raise ValueError(f"history holds {len(self.packed) - 1} iterations; cannot record "
+                             f"iteration {state.iteration}")
+        self._push(state.masks, state.tau, state.updated)
         self.last = state
 
     def __len__(self) -> int:
@@ -310,8 +373,73 @@ class History:
     def masks(self, k: int) -> np.ndarray:
         return np.unpackbits(self.packed[k], axis=-1, count=self.shape[-1]).astype(bool)
 
+    def computed(self, k: int) -> np.ndarray:
+        """(N,) bool: the slices iteration k ran through a network."""
+        return np.unpackbits(self.updated[k], count=self.shape[0]).astype(bool)
+
+    def last_computed(self, k: int) -> np.ndarray:
+        """(N,) int: per slice, the latest iteration <= k that computed it (0: none)."""
+        out = np.zeros(self.shape[0], dtype=np.int64)
+        for j in range(1, k + 1):
+            out[self.computed(j)] = j
+        return out
+
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.packed)
+        return sum(p.nbytes for p in self.packed) + sum(u.nbytes for u in self.updated)
+
+
+def reconstruct_at(
+    slices: np.ndarray,
+    brain: np.ndarray,
+    f1: Net,
+    f: Net,
+    config: EngineConfig,
+    history: History,
+    k: int,
+    *,
+    slice_ids: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(error map, reconstruction) of history entry ``k``, (N, H, W) float32, recomputed.
+
+    Each slice gets the reconstruction of its latest iteration j <= k, as the loop made it:
+    ``f1(x_f)`` for j = 1, else ``f`` on the mask after j − 1 filled with the noise of
+    (seed, slice, j). Slices never computed up to k keep error 0 and the scan itself. Uses
+    ``config``'s seed, radius, guidance, smoothing, rim and polarity (τ plays no part).
+    """
+    x_np = np.ascontiguousarray(slices, dtype=np.float32)
+    b_np = np.asarray(brain, dtype=bool)
+    n, h, w = x_np.shape
+    if not 0 <= k < len(history):
+        raise ValueError(f"iteration {k} is not in the history (0..{len(history) - 1})")
+    ids = np.arange(n) if slice_ids is None else np.asarray(slice_ids)
+    error = np.zeros_like(x_np)
+    recon = x_np.copy()
+    when = history.last_computed(k)
+    for net in (f1, f):
+        if isinstance(net, torch.nn.Module):
+            net.eval()
+    device = _device_of(f)
+    cfg = config
+    report = inner_region(b_np, int(cfg.rim)) if cfg.rim else None
+    with torch.inference_mode():
+        for j in sorted(set(int(v) for v in when[when > 0])):
+            before = history.masks(j - 1) if j > 1 else None
+            for idx in _chunks(np.nonzero(when == j)[0], cfg.batch_size):
+                x = torch.from_numpy(x_np[idx]).to(device)[:, None]
+                br = torch.from_numpy(b_np[idx]).to(device)[:, None]
+                xf = high_pass(x[:, 0], cfg.radius)[:, None]
+                if before is None:
+                    m = eps = None
+                else:
+                    m = torch.from_numpy(before[idx]).to(device)[:, None]
+                    eps = torch.stack(
+                        [slice_noise(cfg.seed, ids[i], j, (h, w)) for i in idx]
+                    ).to(device)[:, None]
+                out = _reconstruct(x, xf, m, eps, f1, f, cfg)
+                _, _, error[idx] = _reported_error(
+                    x, out, br, b_np[idx], None if report is None else report[idx], cfg)
+                recon[idx] = out[:, 0].cpu().numpy()
+    return error, recon
 
 
 def run_to_end(

@@ -12,6 +12,7 @@ from napari_itermask.core.engine import (
     SKIPPED,
     EngineConfig,
     History,
+    reconstruct_at,
     run,
     run_to_end,
 )
@@ -361,3 +362,51 @@ def test_engine_polarity_counts_one_sign_in_decisions_and_map():
     assert (both[-1].masks & (x < 0)).any()  # in the paper's mode both signs stay masked
     with pytest.raises(ValueError, match="polarity"):
         EngineConfig(tau=1.0, polarity="hyper")
+
+
+@pytest.mark.parametrize("tau, extra", [
+    (0.3, {}), (4.0, {"smoothing": 1.5, "rim": 2, "polarity": "bright"}),
+    (0.3, {"masked_guidance": False})])
+def test_reconstruct_at_gives_every_iterations_own_maps_again(tau, extra):
+    """Iteration k's error map and reconstruction, recomputed from the history alone, are the
+    loop's (to float rounding), also across a resume with a higher τ; nothing of later
+    iterations leaks in."""
+    x, brain = _random_volume(n=6)
+    brain[5] = False  # a skipped slice: error 0, the scan itself
+    b = perturbed_bundle()
+    cfg = EngineConfig(tau=tau, max_iter=4, batch_size=4, seed=2, min_brain_pixels=5, **extra)
+    hist = History.start(brain, cfg.tau)
+    states = []
+    for st in run(x, brain, b.first, b.masked, cfg):
+        hist.record(st)
+        states.append(st)
+    first = len(states)
+    cfg2 = EngineConfig(**{**cfg.__dict__, "tau": 2 * tau})
+    for st in run(x, brain, b.first, b.masked, cfg2, resume=states[-1]):
+        hist.record(st)
+        states.append(st)
+    assert first >= 3 and len(states) > first  # the resume ran
+    assert any(not s.updated[:5].all() for s in states)  # some slices stopped early
+    for st in states:
+        err, rec = reconstruct_at(x, brain, b.first, b.masked, cfg, hist, st.iteration)
+        np.testing.assert_allclose(err, st.error, atol=1e-5)
+        np.testing.assert_allclose(rec, st.recon, atol=1e-5)
+    err0, rec0 = reconstruct_at(x, brain, b.first, b.masked, cfg, hist, 0)
+    assert not err0.any() and np.array_equal(rec0, x)
+    assert not np.allclose(states[0].error, states[-1].error)  # iterations do differ
+    with pytest.raises(ValueError, match="not in the history"):
+        reconstruct_at(x, brain, b.first, b.masked, cfg, hist, len(hist))
+
+
+def test_history_refuses_a_gap_and_records_computed_slices():
+    x, brain = _random_volume(n=3)
+    b = perturbed_bundle()
+    states = list(run(x, brain, b.first, b.masked, EngineConfig(tau=0.3, max_iter=3)))
+    hist = History.start(brain, 0.3)
+    with pytest.raises(ValueError, match="cannot record iteration 2"):
+        hist.record(states[1])
+    for st in states:
+        hist.record(st)
+    assert not hist.computed(0).any()
+    for st in states:
+        assert np.array_equal(hist.computed(st.iteration), st.updated)

@@ -72,3 +72,32 @@ def test_segment_scan_is_seed_deterministic_and_skips_empty_slices():
     assert r1.labels.shape == img.shape and r1.labels.dtype == np.uint8
     assert {0, 1} <= set(r1.provenance["slices_skipped"])
     assert r1.provenance["lesion_count"] >= 0
+
+
+def test_segment_scan_replays_a_recorded_review_to_identical_labels(phantom_nifti):
+    """A result taken from an interactive job (stepped, continued with a higher τ, an earlier
+    iteration chosen) is recorded as RunParams; segment_scan with them gives the same labels."""
+    from napari_itermask.params import ParamsError, RunParams
+
+    scan = load_scan(phantom_nifti[0])
+    b = perturbed_bundle()
+    job = Job.create(scan, b, RunParams(tau=0.3, max_iter=3, seed=1))
+    gen = job.iterate()
+    next(gen), next(gen)  # two steps, then the user continues with a higher τ
+    gen.close()
+    list(job.iterate(resume=job.history.last, tau=0.8))
+    assert job.continued == [(2, 0.8)] and job.iterations > 2
+    for source in ("error", "mask"):
+        p = job.result_params(iteration=2, source=source, threshold=1.5, min_size=3)
+        assert (p.run_until, p.continued, p.tau_in_force) == (job.iterations, ((2, 0.8),), 0.8)
+        want = job.result(p)
+        res = segment_scan(scan, b, RunParams.from_dict(p.to_dict()))
+        assert np.array_equal(res.labels, want) and res.params == p
+        assert res.provenance["params"] == p.to_dict()
+    # the iteration chosen matters: the last one's lesions differ from iteration 2's
+    assert not np.array_equal(job.result(job.result_params(threshold=1.5)),
+                              job.result(job.result_params(iteration=2, threshold=1.5)))
+    with pytest.raises(ParamsError, match="iteration 99 does not exist"):
+        job.result_params(iteration=99)
+    with pytest.raises(ParamsError, match="must rise above"):
+        job.iterate(resume=job.history.last, tau=0.5)

@@ -76,7 +76,7 @@ def test_whole_review_without_qt_replays_to_identical_labels(phantom_nifti, tiny
     assert not np.array_equal(labels, sess.job.labels(0.5 * card.threshold))
     # its mask instead
     sess.review.update(source="mask")
-    mask_labels, pm = review.lesions(sess)
+    mask_labels, _ = review.lesions(sess)
     np.testing.assert_array_equal(mask_labels > 0, sess.job.mask_on_scan(k))
     sess.review.update(source="error")
 

@@ -6,11 +6,18 @@ human–AI collaboration (§3): an iteration slider over the stored history, "co
 τ", a segmentation-threshold slider with the model's calibrated value marked, a minimum lesion
 size, the lesion count and volume, Restore defaults, Accept and Export.
 
+State. The review's values (chosen iteration, lesion source, threshold, minimum size, next τ)
+live in each image's ``Session.review`` (``review.ReviewState``, Qt-free); the controls only
+display and edit the current image's, so switching images restores each one's and re-thresholds
+nothing. What is shown, accepted and exported is ``review.lesions``: the chosen iteration's
+error map above the threshold, or its mask; Export's sidecar records it as ``RunParams``.
+
 Threads. Model loading, scan preparation, iterations and moving what is shown to the scan's
 grid run in napari generator workers (``_session.advance``); the GUI thread only swaps layer
-data. The threshold slider thresholds the cached scan-grid error map (cheap numpy through
-``Job.labels``), so it redraws with no model call. The iteration slider asks a short worker for
-that history mask on the scan's grid (the history itself stays on the model grid).
+data. The threshold slider thresholds the cached scan-grid error map of the chosen iteration
+(cheap numpy), so it redraws with no model call. The iteration slider asks a short worker for
+that iteration's mask and maps on the scan's grid (an earlier iteration's error map is
+recomputed from the history: one network pass).
 
 Safety. Every run belongs to a ``Session`` holding its source layer; results go to that
 layer's derived layers whatever the combo shows later. One run at a time: a second Run, Step or
@@ -48,6 +55,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from . import review
 from ._layers import (
     RADIOLOGICAL_NOTE,
     derived_kwargs,
@@ -57,7 +65,6 @@ from ._layers import (
     layer_stem,
     to_layer_shape,
 )
-from . import review
 from ._session import Failure, Finished, Frame, Note, RunRequest, Session, advance
 from ._settings import DEFAULTS, load_settings, save_settings
 from .params import SOURCES, RunParams

@@ -422,7 +422,7 @@ def reconstruct_at(
     cfg = config
     report = inner_region(b_np, int(cfg.rim)) if cfg.rim else None
     with torch.inference_mode():
-        for j in sorted(set(int(v) for v in when[when > 0])):
+        for j in sorted({int(v) for v in when[when > 0]}):
             before = history.masks(j - 1) if j > 1 else None
             for idx in _chunks(np.nonzero(when == j)[0], cfg.batch_size):
                 x = torch.from_numpy(x_np[idx]).to(device)[:, None]

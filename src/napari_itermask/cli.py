@@ -51,7 +51,7 @@ def _nifti_stem(name: str) -> str | None:
 
 
 def _out_name(inp: Path) -> str:
-    stem = _nifti_stem(inp.name)
+    stem = _nifti_stem(inp.name) or (inp.name[:-4] if inp.name.lower().endswith(".zip") else None)
     return f"{inp.name if stem is None else stem}_lesions.nii.gz"
 
 
@@ -196,7 +196,7 @@ def cmd_segment(args) -> int:
         targets = [out]
     # validate everything before any work: inputs readable, targets writable
     for p in inputs:
-        if not p.is_file():
+        if not (p.is_file() or p.is_dir()):  # a folder: a DICOM series
             raise InputError(f"input {p} does not exist" if not p.exists()
                              else f"{p} is not a file")
     # missing output folders are created (and removed again, if still empty, on a failure)
@@ -225,7 +225,7 @@ def _segment_all(args, inputs, targets) -> int:
     for inp, target in zip(inputs, targets):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scan = load_scan(inp)
+            scan = load_scan(inp, series=args.series)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         mask = load_brain_mask(args.brain_mask, scan) if args.brain_mask else None
@@ -416,13 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("segment", help="segment lesions in one or more NIfTI scans")
-    s.add_argument("inputs", nargs="+", metavar="INPUT", help="skull-stripped NIfTI scan(s)")
+    s.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="skull-stripped NIfTI scan(s), or DICOM series (folder or .zip)")
     s.add_argument("-o", "--output", required=True,
                    help="label file for one input; a folder for several (missing folders are "
                         "created)")
     s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--brain-mask", metavar="FILE", help="brain mask NIfTI on the scan's grid")
+    s.add_argument("--series", metavar="INDEX_or_UID",
+                   help="for a DICOM folder or zip holding several series: which one")
     s.add_argument("--threshold", type=float,
                    help="segmentation threshold on the error map (default: the card's)")
     s.add_argument("--tau", type=float,

@@ -148,9 +148,16 @@ def _check_affine(affine: np.ndarray, name: str, notes: list[str]) -> np.ndarray
     return affine
 
 
-def load_scan(path) -> Scan:
-    """Read a NIfTI scan; raises InputError with one readable line for unusable files."""
+def load_scan(path, series=None) -> Scan:
+    """Read a NIfTI scan, or one DICOM series from a folder or ``.zip`` (``series``: its index
+    from 1 or its SeriesInstanceUID, needed when there are several; see ``dicom.py``); raises
+    InputError with one readable line for unusable input."""
     path = Path(path)
+    if path.exists() and not _is_nifti_name(path):
+        from . import dicom
+
+        if dicom.is_dicom_source(path):
+            return dicom.load_dicom_scan(path, series)
     img, raw = _read_nifti(path)
     notes: list[str] = []
     data = _check_array(raw, path.name, notes)

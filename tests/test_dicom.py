@@ -23,7 +23,6 @@ from napari_itermask.dicom import (  # noqa: E402
     DicomError,
     SeriesChoiceError,
     list_series,
-    load_dicom_scan,
     load_dicom_scans,
 )
 from napari_itermask.errors import InputError  # noqa: E402
@@ -204,7 +203,7 @@ def test_several_series_are_listed_and_chosen(tmp_path):
     assert [s.data.shape for _, s in both] == [(24, 20, 9), (16, 18, 7)]
 
 
-# -- bad input: one line, an InputError -------------------------------------------------------------
+# -- bad input: one line, an InputError ----------------------------------------------------------
 def _bad(tmp_path, which) -> Path:
     folder = tmp_path / which.replace(" ", "_")
     data, aff = volume(), ORIENTATIONS["axial"]
@@ -310,3 +309,105 @@ def test_segment_chooses_a_series_and_names_outputs_after_the_folder_or_zip(
     img = nib.load(str(one))
     assert img.shape == (16, 18, 7)
     np.testing.assert_allclose(img.affine, ORIENTATIONS["sagittal"], atol=1e-5, rtol=0)
+
+
+# -- the napari reader --------------------------------------------------------------------------
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications the reader shows, by kind (napari's show_* replaced by recorders)."""
+    pytest.importorskip("napari")
+    from napari.utils import notifications
+
+    seen = {"error": [], "warning": []}
+    for kind in seen:
+        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+def test_reader_claims_dicom_folders_and_zips_only(tmp_path):
+    from napari_itermask._reader import napari_get_reader, read_dicom, read_nifti
+
+    write_series(tmp_path / "series", volume(), ORIENTATIONS["axial"])
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((tmp_path / "series").iterdir()):
+            zf.write(f, f.name)
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("a.txt", "x")
+    assert napari_get_reader(str(tmp_path / "series")) is read_dicom
+    assert napari_get_reader([str(archive)]) is read_dicom
+    assert napari_get_reader(str(other)) is None and napari_get_reader(str(plain)) is None
+    assert napari_get_reader(str(tmp_path / "scan.nii.gz")) is read_nifti
+
+
+def test_reader_places_a_series_by_its_affine_and_labels_save_onto_it(tmp_path, notes):
+    from napari_itermask import _writer
+    from napari_itermask._layers import RAS_TO_WORLD
+    from napari_itermask._reader import read_dicom
+
+    data, aff = volume(), ORIENTATIONS["oblique"]
+    write_series(tmp_path / "flair", data, aff)
+    ((arr, kwargs, kind),) = read_dicom(str(tmp_path / "flair"))
+    assert kind == "image" and kwargs["name"] == "flair" and not notes["error"]
+    md = kwargs["metadata"]
+    np.testing.assert_allclose(md["affine"], aff, atol=1e-5, rtol=0)
+    assert md["dicom"]["description"] == "T2 FLAIR" and md["dicom"]["n_images"] == 9
+    axes = md["scan_axes"]
+    for v in [(0, 0, 0), (23, 19, 8), (5, 11, 3)]:
+        lv = np.array([v[a] for a in axes] + [1.0])
+        world = kwargs["affine"] @ lv
+        np.testing.assert_allclose(world[:3], RAS_TO_WORLD[:3, :3] @ (aff @ [*v, 1.0])[:3],
+                                   atol=1e-5)
+        assert arr[tuple(int(x) for x in lv[:3])] == data[v]
+    # labels drawn on the layer save as NIfTI on the series' own grid and affine
+    lab = np.zeros(data.shape, np.uint8)
+    lab[3:7, 4:9, 2:5] = 1
+    out = tmp_path / "flair_lesions.nii.gz"
+    _writer.write_labels(str(out), lab.transpose(axes),
+                         {"metadata": md, "name": "x", "affine": kwargs["affine"]})
+    img = nib.load(str(out))
+    np.testing.assert_allclose(img.affine, aff, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), lab)
+
+
+def test_reader_gives_one_layer_per_series_named_by_description(tmp_path, notes):
+    from napari_itermask._reader import dicom_series, read_dicom
+
+    folder, a, b = _two_series(tmp_path)
+    write_series(folder / "c", volume(), ORIENTATIONS["axial"], description="localizer",
+                 number=9, tweak=lambda k, ds: k == 0 and setattr(
+                     ds, "ImageOrientationPatient", ["0", "1", "0", "0", "0", "-1"]))
+    layers = read_dicom(str(folder))
+    assert [k["name"] for _, k, _ in layers] == ["t1_mprage", "t2_flair_sag"]
+    assert [k["metadata"]["dicom"]["series_uid"] for _, k, _ in layers] == [a, b]
+    np.testing.assert_allclose(layers[1][1]["metadata"]["affine"], ORIENTATIONS["sagittal"],
+                               atol=1e-5)
+    assert len(notes["warning"]) == 1 and "localizer" in notes["warning"][0]
+    assert [i.description for i in dicom_series(str(folder))] == ["t1_mprage", "t2_flair_sag",
+                                                                  "localizer"]
+    (only,) = read_dicom(str(folder), series=b)
+    assert only[1]["name"] == "t2_flair_sag" and only[1]["metadata"]["dicom"]["index"] == 2
+    assert only[1]["metadata"]["scan_shape"] == (16, 18, 7)
+
+
+def test_reader_shows_one_error_for_a_bad_series(tmp_path, notes):
+    from napari_itermask._reader import read_dicom
+
+    folder = _bad(tmp_path, "non-uniform spacing")
+    assert read_dicom(str(folder)) == [(None,)]
+    assert len(notes["error"]) == 1 and "non-uniform slice spacing" in notes["error"][0]
+
+
+@pytest.mark.gui
+def test_napari_opens_a_dicom_folder_with_the_plugin(make_napari_viewer, tmp_path, notes):
+    pytest.importorskip("pytestqt")
+    data, aff = volume(), ORIENTATIONS["sagittal"]
+    write_series(tmp_path / "sag", data, aff)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "sag"), plugin="napari-itermask")
+    assert layer.name == "sag" and layer.axis_labels == ("S", "P", "L")
+    np.testing.assert_allclose(layer.metadata["affine"], aff, atol=1e-5)

@@ -1,4 +1,5 @@
-"""napari reader for NIfTI scans (``*.nii``, ``*.nii.gz``).
+"""napari reader for NIfTI scans (``*.nii``, ``*.nii.gz``) and DICOM series (a folder, or a
+``*.zip``, holding DICOM files; see ``dicom.py``).
 
 The file is read and checked by ``volume.load_scan`` (the same checks as the command line), and
 shown as one Image layer placed by its affine in the axial, radiological view (see
@@ -8,6 +9,14 @@ Unusable files (4-D series, complex data, corrupt files, …) give one line in a
 notification and no layer, never a traceback. Oddities that do not stop reading (NaNs, shear,
 an oblique acquisition napari cannot draw exactly in 2-D) give a warning notification and are
 kept in ``metadata["warnings"]``.
+
+DICOM: a folder or zip of one series opens as one Image layer named after the folder (or the
+zip's stem), placed by the series' RAS affine like a NIfTI scan. A folder of several series
+opens as one layer per series, each named by its SeriesDescription (a series that cannot be
+read is skipped with a warning). ``dicom_series(path)`` lists the series (description, UID,
+number of images) for a widget that asks which one to open, and ``read_dicom(path,
+series=…)`` opens only that one (named by its description). Layers from DICOM carry
+``metadata["dicom"]`` (series UID, description, index).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import numpy as np
 
 from ._layers import image_layer_data, labels_layer_data, layer_stem
 
-__all__ = ["napari_get_reader", "read_nifti"]
+__all__ = ["napari_get_reader", "read_nifti", "read_dicom", "dicom_series"]
 
 _NULL = [(None,)]  # napari's "read fine, nothing to show" sentinel
 _LABEL_NAME = re.compile(r"(label|lesion|mask|seg|_gt\b|truth)", re.IGNORECASE)
@@ -31,13 +40,76 @@ def _is_nifti(path) -> bool:
 
 
 def napari_get_reader(path):
-    """Return ``read_nifti`` for one NIfTI path, else None (napari then asks other readers)."""
+    """Return ``read_nifti`` for one NIfTI path, ``read_dicom`` for a folder or zip holding
+    DICOM files, else None (napari then asks other readers)."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None  # a stack of files is not a scan
         path = path[0]
     path = str(path)
-    return read_nifti if _is_nifti(path) else None
+    if _is_nifti(path):
+        return read_nifti
+    from .dicom import is_dicom_source, looks_like_dicom
+
+    if is_dicom_source(path) and looks_like_dicom(path):
+        return read_dicom
+    return None
+
+
+def dicom_series(path):
+    """The series of a DICOM folder or zip (``dicom.SeriesInfo``: index, UID, description,
+    number of images), for the widget to ask which one; raises ``InputError`` with one line."""
+    from .dicom import list_series
+
+    return list_series(path)
+
+
+def _dicom_name(path: Path) -> str:
+    return path.name[:-4] if path.name.lower().endswith(".zip") else path.name
+
+
+def read_dicom(path, series=None) -> list[tuple]:
+    """Layers for a DICOM folder or zip: its one series, the one chosen by ``series`` (index
+    from 1 or SeriesInstanceUID), or, for several and no choice, one layer per series."""
+    from napari.utils.notifications import show_error, show_warning
+
+    from .dicom import load_dicom_scans, load_series
+    from .errors import ItermaskError
+    from .volume import ScanWarning
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # ScanWarnings are in scan.notes: shown below
+            warnings.simplefilter("ignore", ScanWarning)
+            found = [load_series(path, series)] if series is not None else load_dicom_scans(path)
+    except ItermaskError as exc:
+        show_error(f"napari-itermask: {exc}")
+        return _NULL
+    if len(found) == 1 and isinstance(found[0][1], Exception):
+        show_error(f"napari-itermask: {found[0][1]}")
+        return _NULL
+    layers, names = [], set()
+    for info, scan in found:
+        if isinstance(scan, Exception):
+            show_warning(f"napari-itermask: series {info.index} ({info.description}) "
+                         f"skipped: {scan}")
+            continue
+        name = _dicom_name(path) if series is None and len(found) == 1 else info.description
+        if name in names:
+            name = f"{name} [{info.index}]"
+        names.add(name)
+        layer = image_layer_data(scan, name)
+        layer[1]["metadata"]["dicom"] = {"series_uid": info.uid, "description": info.description,
+                                         "index": info.index, "n_images": info.n_images}
+        for msg in layer[1]["metadata"]["warnings"]:
+            show_warning(f"napari-itermask: {name}: {msg}")
+        layers.append(layer)
+    if not layers:
+        show_error(f"napari-itermask: no series of {path.name} could be read")
+        return _NULL
+    return layers
 
 
 def _label_candidate(path: Path, header) -> bool:

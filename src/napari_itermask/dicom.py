@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -45,10 +46,11 @@ __all__ = [
     "SeriesChoiceError",
     "SeriesInfo",
     "is_dicom_source",
-    "looks_like_dicom",
     "list_series",
     "load_dicom_scan",
     "load_dicom_scans",
+    "load_series",
+    "looks_like_dicom",
     "series_affine",
 ]
 
@@ -142,20 +144,28 @@ def _has_magic(head: bytes) -> bool:
 
 
 def looks_like_dicom(path, max_files: int = 64) -> bool:
-    """A cheap check (file magic only) that a folder or zip holds DICOM files, for the reader."""
+    """A cheap check (file magic only) that a folder or zip holds DICOM files, for the reader:
+    looks at no more than ``max_files`` files."""
     path = Path(path)
     try:
         if path.is_dir():
-            for n, f in enumerate(p for p in sorted(path.rglob("*")) if p.is_file()):
-                if n >= max_files:
-                    return False
-                with open(f, "rb") as fh:
-                    if _has_magic(fh.read(132)):
-                        return True
+            seen = 0
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not _skip_name(d))
+                for name in sorted(files):
+                    if _skip_name(name):
+                        continue
+                    seen += 1
+                    if seen > max_files:
+                        return False
+                    with open(os.path.join(root, name), "rb") as fh:
+                        if _has_magic(fh.read(132)):
+                            return True
             return False
         if path.is_file() and path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as zf:
-                members = [m for m in zf.infolist() if not m.is_dir()][:max_files]
+                members = [m for m in zf.infolist()
+                           if not m.is_dir() and not _skip_name(m.filename)][:max_files]
                 for m in members:
                     with zf.open(m) as fh:
                         if _has_magic(fh.read(132)):
@@ -248,7 +258,7 @@ def _choose(path: Path, series: list[_Series], choice) -> _Series:
             f"{path.name} holds {len(series)} DICOM series; choose one with --series "
             f"INDEX_or_UID: {listing}", infos)
     text = str(choice).strip()
-    for s, info in zip(series, infos):
+    for s in series:
         if text == s.uid:
             return s
     if text.isdigit() and 1 <= int(text) <= len(series):
@@ -400,11 +410,18 @@ def _scan(path: Path, series: _Series, info: SeriesInfo):
     return Scan(data, affine, None, path, _series_sha256(images), notes)
 
 
-def load_dicom_scan(path, series=None):
-    """One series of a DICOM folder or zip as a Scan (``series``: index from 1, or UID)."""
+def load_series(path, series=None) -> tuple[SeriesInfo, object]:
+    """(info, Scan) of one series of a DICOM folder or zip (``series``: index from 1, or UID;
+    needed when there are several)."""
     path, found = _collect(path)
     chosen = _choose(path, found, series)
-    return _scan(path, chosen, chosen.info(found.index(chosen) + 1))
+    info = chosen.info(found.index(chosen) + 1)
+    return info, _scan(path, chosen, info)
+
+
+def load_dicom_scan(path, series=None):
+    """One series of a DICOM folder or zip as a Scan (``series``: index from 1, or UID)."""
+    return load_series(path, series)[1]
 
 
 def load_dicom_scans(path) -> list[tuple[SeriesInfo, object]]:

@@ -410,3 +410,17 @@ def test_history_refuses_a_gap_and_records_computed_slices():
     assert not hist.computed(0).any()
     for st in states:
         assert np.array_equal(hist.computed(st.iteration), st.updated)
+
+
+def test_a_suspended_run_leaves_the_callers_grad_mode_alone():
+    """The widget's Step keeps the loop suspended between iterations; two such runs closed in
+    any order must not leave the calling thread in inference mode (training then fails)."""
+    x, brain = _random_volume(n=2)
+    b = perturbed_bundle()
+    gens = [run(x, brain, b.first, b.masked, EngineConfig(tau=0.3, max_iter=5)) for _ in "ab"]
+    for g in gens:
+        next(g)
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    gens[0].close()
+    gens[1].close()
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

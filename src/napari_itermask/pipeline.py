@@ -9,6 +9,7 @@ grid plus provenance that replays it.
 
 from __future__ import annotations
 
+import numbers
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -77,9 +78,10 @@ def engine_config(card, *, tau=None, max_iter=None, first_unmask=None, seed: int
 
 
 def _batch(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1):
         raise ParamsError(f"batch size must be a whole number >= 1, not {batch_size!r}")
-    return batch_size
+    return int(batch_size)
 
 
 def _with(params: RunParams | None, **overrides) -> RunParams:

@@ -267,13 +267,15 @@ def run(
         return torch.stack([xf_cache[i] for i in idx])[:, None]
 
     t = t0
-    with torch.inference_mode():
-        while (status == RUNNING).any():
-            if cancel is not None and cancel.is_set():
-                return
-            t += 1
-            updated = status == RUNNING
-            active = np.nonzero(updated)[0]
+    while (status == RUNNING).any():
+        if cancel is not None and cancel.is_set():
+            return
+        t += 1
+        updated = status == RUNNING
+        active = np.nonzero(updated)[0]
+        # inference mode for the passes only: a generator suspended at its yield must not
+        # leave its caller's thread in inference mode (it is thread-local)
+        with torch.inference_mode():
             for idx in _chunks(active, cfg.batch_size):
                 x = torch.from_numpy(x_np[idx]).to(device)[:, None]
                 br = torch.from_numpy(b_np[idx]).to(device)[:, None]
@@ -294,40 +296,40 @@ def run(
                     decide[idx] = smooth_within(e, masks[idx], cfg.smoothing)
                 else:
                     decide[idx] = full
-            iters[active] += 1
-            for i in active:
-                old = masks[i]
-                n_old = int(old.sum())
-                if t == 1 and resume is None:
-                    vals = decide[i][b_np[i]]
-                    cut = np.quantile(vals, cfg.first_unmask) if cfg.first_unmask > 0 else -1.0
-                    new = b_np[i] & (decide[i] > cut)
-                    masks[i] = new
-                    if not new.any():
-                        status[i] = CONVERGED
-                    continue
-                new = old & (decide[i] > tau[i])
+        iters[active] += 1
+        for i in active:
+            old = masks[i]
+            n_old = int(old.sum())
+            if t == 1 and resume is None:
+                vals = decide[i][b_np[i]]
+                cut = np.quantile(vals, cfg.first_unmask) if cfg.first_unmask > 0 else -1.0
+                new = b_np[i] & (decide[i] > cut)
                 masks[i] = new
-                n_new = int(new.sum())
-                if n_new == 0:
+                if not new.any():
                     status[i] = CONVERGED
-                elif (n_old - n_new) < cfg.stop_shrink * n_old:
-                    if cfg.tau_step:
-                        tau[i] += cfg.tau_step
-                    else:
-                        status[i] = CONVERGED
-            status[(status == RUNNING) & (iters - iters0 >= cfg.max_iter)] = CAPPED
-            yield IterationState(
-                iteration=t,
-                tau=tau.copy(),
-                masks=masks.copy(),
-                error=error.copy(),
-                recon=recon.copy(),
-                status=status.copy(),
-                iterations=iters.copy(),
-                updated=updated,
-                forward_passes=passes,
-            )
+                continue
+            new = old & (decide[i] > tau[i])
+            masks[i] = new
+            n_new = int(new.sum())
+            if n_new == 0:
+                status[i] = CONVERGED
+            elif (n_old - n_new) < cfg.stop_shrink * n_old:
+                if cfg.tau_step:
+                    tau[i] += cfg.tau_step
+                else:
+                    status[i] = CONVERGED
+        status[(status == RUNNING) & (iters - iters0 >= cfg.max_iter)] = CAPPED
+        yield IterationState(
+            iteration=t,
+            tau=tau.copy(),
+            masks=masks.copy(),
+            error=error.copy(),
+            recon=recon.copy(),
+            status=status.copy(),
+            iterations=iters.copy(),
+            updated=updated,
+            forward_passes=passes,
+        )
 
 
 @dataclass

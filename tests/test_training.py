@@ -527,18 +527,3 @@ def test_a_stop_signal_saves_the_checkpoint_and_starts_no_further_net(tiny_data,
     assert not (tmp_path / "masked.ckpt").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
-
-def test_allocator_tuning_is_once_per_process_and_can_be_switched_off(monkeypatch):
-    from napari_itermask import allocator
-
-    monkeypatch.setattr(allocator, "_state", None)
-    monkeypatch.setenv(allocator.ENV_OFF, "1")
-    assert allocator.tune() == "disabled"
-    monkeypatch.delenv(allocator.ENV_OFF)
-    assert allocator.tune() == "disabled"  # decided once per process
-    monkeypatch.setattr(allocator, "_state", None)
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc.so.4")
-    assert allocator.tune() == "external"
-    monkeypatch.setattr(allocator, "_state", None)
-    monkeypatch.delenv("LD_PRELOAD")
-    assert allocator.tune() in ("tuned", "unsupported")

@@ -6,7 +6,15 @@ where bundled and user models are found.
 
 from .._hash import sha256_file
 from .bundle import ModelBundle, load_bundle, save_bundle
-from .card import CARD_NAME, FORMAT, ModelCard, new_card, polarity_note, read_card
+from .card import (
+    CARD_NAME,
+    FORMAT,
+    ModelCard,
+    new_card,
+    polarity_note,
+    read_card,
+    untrained_warning,
+)
 from .locations import (
     PICKLE_SUFFIXES,
     WEIGHTS_NAME,
@@ -32,5 +40,6 @@ __all__ = [
     "resolve_model",
     "save_bundle",
     "sha256_file",
+    "untrained_warning",
     "user_dir",
 ]

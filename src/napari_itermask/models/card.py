@@ -30,6 +30,7 @@ __all__ = [
     "new_card",
     "polarity_note",
     "read_card",
+    "untrained_warning",
 ]
 
 CARD_NAME = "card.json"
@@ -168,6 +169,23 @@ def polarity_note(polarity: str) -> str:
     """What users should be told about a card's ``error_polarity``: nothing for the paper's
     two-sided error, else which deviations alone count."""
     return "" if polarity == "both" else f"error counts {polarity} deviations only"
+
+
+def untrained_warning(card) -> str | None:
+    """The one warning every shell shows for an untrained (placeholder) model, or ``None``.
+
+    ``card`` is a :class:`ModelCard` or a ``list_models`` entry (a dict with ``name`` and
+    ``trained``). One sentence, no prefix: the CLI prints it after ``WARNING:``, the widget in
+    its note and notifications.
+    """
+    if isinstance(card, dict):
+        name, trained = card.get("name", "?"), bool(card.get("trained"))
+    else:
+        name, trained = card.name, bool(card.trained)
+    if trained:
+        return None
+    return (f"model {name!r} is UNTRAINED (a placeholder): its segmentations mean nothing; "
+            "train one (training/README.md) or choose a trained model")
 
 
 def new_card(name: str, modality: str, preset: str = "small", **kw) -> ModelCard:

@@ -83,19 +83,16 @@ def choose_model(inp, explicit: str | None) -> tuple[str, str | None, str]:
 
 def _load_model(spec: str, device: str, quiet: bool = False, why: str = "--model"):
     """Load a model and say on stderr which one it is: name, contrast, weights' sha256 prefix."""
-    from .models import load_bundle
+    from .models import load_bundle, untrained_warning
     from .pipeline import pick_device
 
     dev = pick_device(device)
     bundle = load_bundle(spec, device=dev)
     print(f"model: {bundle.name} ({bundle.card.modality}, sha256 {bundle.sha256[:12]}…), {why}",
           file=sys.stderr)
-    if not bundle.card.trained:
-        print(
-            f"WARNING: model {bundle.name!r} is UNTRAINED (a placeholder); its segmentations "
-            "mean nothing. Train one (see training/README.md) or pass --model PATH.",
-            file=sys.stderr,
-        )
+    warning = untrained_warning(bundle.card)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
     if dev.type == "cpu" and not quiet:
         print("note: running on CPU; a GPU is much faster (--device cuda|mps)", file=sys.stderr)
     return bundle

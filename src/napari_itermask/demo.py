@@ -79,7 +79,7 @@ def run_demo(headless: bool = False, modality: str = "flair", seed: int | None =
             raise ItermaskError(problem)
     from . import synth
     from .core.metrics import dice, precision, sensitivity
-    from .models import load_bundle
+    from .models import load_bundle, untrained_warning
     from .pipeline import pick_device, segment_scan
     from .volume import scan_from_array
 
@@ -90,9 +90,9 @@ def run_demo(headless: bool = False, modality: str = "flair", seed: int | None =
     if not headless:
         return _open_viewer(case, model or modality)
     bundle = load_bundle(model or modality, device=pick_device(device))
-    if not bundle.card.trained:
-        print(f"WARNING: model {bundle.name!r} is an UNTRAINED placeholder; Dice is meaningless",
-              file=sys.stderr)
+    warning = untrained_warning(bundle.card)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
     scan = scan_from_array(case.image, case.affine, name=f"sample {modality}")
     t0 = time.perf_counter()
     res = segment_scan(scan, bundle, progress=Progress("demo"))

@@ -34,6 +34,7 @@ from napari_itermask.core.engine import (  # noqa: E402
     slice_noise,
 )
 from napari_itermask.core.frequency import high_pass  # noqa: E402
+from napari_itermask.core.net_input import masked_input  # noqa: E402
 from napari_itermask.core.segmentation import (  # noqa: E402
     inner_region,
     smooth_within,
@@ -84,8 +85,7 @@ def naive_loop(x, brain, f1, f, cfg: EngineConfig):
                     m = torch.from_numpy(masks[sl])[:, None]
                     eps = torch.stack([slice_noise(cfg.seed, i, t, (h, w))
                                        for i in range(s, min(n, s + cfg.batch_size))])[:, None]
-                    guide = xf[sl] if cfg.masked_guidance else torch.zeros_like(xf[sl])
-                    out = f(torch.cat([torch.where(m, eps, xt[sl]), guide], 1))
+                    out = f(masked_input(xt[sl], m, eps, xf[sl], cfg.masked_guidance))
                 e = (squared_error(xt[sl], out, cfg.polarity) * br[sl])[:, 0].numpy()
                 for j, i in enumerate(range(s, min(n, s + cfg.batch_size))):
                     if status[i] != RUNNING:

@@ -17,3 +17,130 @@ def test_untrained_warning_names_the_model_and_is_silent_for_a_trained_one():
     # list_models entries are dicts: same wording
     assert untrained_warning({"name": "mine", "trained": False}) == text
     assert untrained_warning({"name": "mine", "trained": True}) is None
+
+
+# -- the masked network's input: one function for training, calibration and inference ----------
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from napari_itermask.core import masked_input  # noqa: E402
+from napari_itermask.core.engine import EngineConfig, run, slice_noise  # noqa: E402
+
+G = 32
+
+
+def _slices(n=3, seed=0):
+    """``n`` distinct slices with a square brain, float32 on a G×G grid."""
+    rng = np.random.default_rng(seed)
+    brain = np.zeros((n, G, G), bool)
+    brain[:, 6:26, 6:26] = True
+    x = np.where(brain, rng.normal(0.0, 1.0, (n, G, G)), -3.0).astype(np.float32)
+    return x, brain
+
+
+class _Recorder(torch.nn.Module):
+    """A masked net that keeps every input it is given and reconstructs nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, inp):
+        self.inputs.append(inp.clone())
+        return inp[:, :1] * 0.0
+
+
+class _Fixed:
+    """Stands in for a MaskSampler (always ``mask``) and for the Batcher's generator (slices in
+    order, always ``noise``), so that training draws exactly the engine's mask and noise."""
+
+    def __init__(self, mask, noise=None):
+        self.mask, self.noise = mask, noise
+
+    def sample_batch(self, brain, rng):
+        assert brain.shape == self.mask.shape
+        return self.mask
+
+    def integers(self, low, high, size):
+        return np.arange(size)
+
+    def standard_normal(self, shape):
+        assert tuple(shape) == self.noise.shape
+        return self.noise
+
+
+def _engine_input(x, brain, guidance, seed=7):
+    """The masked net's input at the engine's iteration 2, with the mask and noise it used."""
+    class First(torch.nn.Module):  # a fixed reconstruction: the error is known, not zero
+        def forward(self, xf):
+            return xf * 0.5
+
+    f = _Recorder()
+    cfg = EngineConfig(tau=1e9, max_iter=2, seed=seed, masked_guidance=guidance)
+    states = list(run(x, brain, First(), f, cfg))
+    assert len(f.inputs) == 1 and len(states) == 2  # one batch at iteration 2
+    mask = states[0].masks  # the mask iteration 2 fills with noise
+    assert 0 < mask.sum() < brain.sum()
+    noise = torch.stack([slice_noise(seed, i, 2, (G, G)) for i in range(len(x))]).numpy()
+    assert cfg.radius == 15.0  # the Batchers below use the same x_f radius
+    return f.inputs[0], mask, noise
+
+
+@pytest.mark.parametrize("guidance", [True, False])
+def test_training_and_inference_build_identical_masked_inputs(guidance):
+    from training.common import SliceSet
+    from training.train import Batcher
+
+    x, brain = _slices()
+    engine_in, mask, noise = _engine_input(x, brain, guidance)
+    b = Batcher(SliceSet(x=x, brain=brain, meta={}), "masked", _Fixed(mask), 15.0, seed=0,
+                guidance=guidance)
+    b.rng = _Fixed(mask, noise)
+    train_in, target = b.get(len(x))
+    assert train_in.dtype == engine_in.dtype == torch.float32
+    assert torch.equal(train_in, engine_in)  # bit for bit, noise, x_f and all
+    assert torch.equal(target[:, 0], torch.from_numpy(x))
+    second = train_in[:, 1]
+    assert (second.abs().max() > 0) == guidance  # "-freq": zeros where x_f would be
+
+
+@pytest.mark.parametrize("guidance", [True, False])
+def test_calibration_builds_the_training_input(monkeypatch, guidance):
+    from types import SimpleNamespace
+
+    from training import calibrate
+    from training.common import SliceSet
+    from training.train import Batcher
+
+    x, brain = _slices()
+    mask = brain.copy()
+    mask[:, 6:16] = False
+    monkeypatch.setattr(calibrate, "MaskSampler", lambda size: _Fixed(mask))
+    net = _Recorder()
+    card = new_card("c", "flair", masked_guidance=guidance)
+    calibrate.calibrate_tau(SimpleNamespace(card=card, masked=net),
+                            SliceSet(x=x, brain=brain, meta={}), 50.0, seed=3, n_masks=1)
+    # the sampler above draws nothing, so the noise is the generator's first draw
+    noise = np.random.default_rng(3).standard_normal((len(x), 1, G, G)).astype(np.float32)
+    b = Batcher(SliceSet(x=x, brain=brain, meta={}), "masked", _Fixed(mask), 15.0, seed=0,
+                guidance=guidance)
+    b.rng = _Fixed(mask, noise[:, 0])
+    assert len(net.inputs) == 1 and torch.equal(net.inputs[0], b.get(len(x))[0])
+
+
+def test_masked_input_fills_the_mask_with_noise_and_guides_with_x_f():
+    x = torch.zeros(1, 1, 4, 4)
+    noise = torch.full((1, 1, 4, 4), 5.0)
+    xf = torch.full((1, 1, 4, 4), 2.0)
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[..., :2, :] = True
+    out = masked_input(x, mask, noise, xf)
+    assert out.shape == (1, 2, 4, 4)
+    assert torch.equal(out[:, 0], torch.where(mask, 5.0, 0.0)[:, 0])
+    assert torch.equal(out[:, 1], xf[:, 0])
+    assert not masked_input(x, mask, noise, xf, guidance=False)[:, 1].any()
+    with pytest.raises(ValueError, match="bool"):
+        masked_input(x, mask.float(), noise, xf)
+    with pytest.raises(ValueError, match="B, 1, H, W"):
+        masked_input(x[0], mask[0], noise[0], xf[0])

@@ -30,6 +30,7 @@ from napari_itermask.core.calibration import tau_from_masked_errors, threshold_f
 from napari_itermask.core.engine import run_to_end
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
+from napari_itermask.core.net_input import masked_input
 from napari_itermask.core.segmentation import (
     POLARITIES,
     inner_region,
@@ -104,9 +105,7 @@ def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: i
                 m = torch.from_numpy(sampler.sample_batch(val.brain[i:i + batch], rng))[:, None]
                 eps = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
                 xf = high_pass(x, bundle.card.frequency_radius)
-                if not bundle.card.masked_guidance:
-                    xf = torch.zeros_like(xf)
-                out = bundle.masked(torch.cat([torch.where(m, eps, x), xf], 1))
+                out = bundle.masked(masked_input(x, m, eps, xf, bundle.card.masked_guidance))
                 mm = m[:, 0].numpy()
                 e = squared_error(x, out, bundle.card.error_polarity)[:, 0].numpy()
                 errs.append(smooth_within(e, mm, bundle.card.error_smoothing))

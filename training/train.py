@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
+from napari_itermask.core.net_input import masked_input
 from napari_itermask import allocator, synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters
 
@@ -117,8 +118,7 @@ class Batcher:
             return xf, xt
         masks = torch.from_numpy(self.sampler.sample_batch(brain, self.rng))[:, None]
         eps = torch.from_numpy(self.rng.standard_normal(x.shape).astype(np.float32))[:, None]
-        x_hat = torch.where(masks, eps, xt)
-        return torch.cat([x_hat, xf if self.guidance else torch.zeros_like(xf)], dim=1), xt
+        return masked_input(xt, masks, eps, xf, self.guidance), xt
 
 
 PRECISIONS = ("fp32", "bf16")

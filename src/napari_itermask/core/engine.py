@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from .frequency import high_pass
+from .net_input import masked_input
 from .segmentation import POLARITIES, inner_region, smooth_within, squared_error
 
 __all__ = [
@@ -180,13 +181,11 @@ def _chunks(idx: np.ndarray, n: int):
 
 def _reconstruct(x, xf, mask, noise, f1: Net, f: Net, cfg: EngineConfig) -> torch.Tensor:
     """One batch through the first step (``mask`` None: ``f1(x_f)``) or the masked net
-    (``f(cat(where(mask, noise, x), guide))``); (B, 1, H, W) float32."""
+    (``f(masked_input(...))``, ``net_input``); (B, 1, H, W) float32."""
     if mask is None:
         out = f1(xf)
     else:
-        x_hat = torch.where(mask, noise, x)
-        guide = xf if cfg.masked_guidance else torch.zeros_like(xf)
-        out = f(torch.cat([x_hat, guide], dim=1))
+        out = f(masked_input(x, mask, noise, xf, cfg.masked_guidance))
     return out.float()
 
 

@@ -144,3 +144,40 @@ def test_masked_input_fills_the_mask_with_noise_and_guides_with_x_f():
         masked_input(x, mask.float(), noise, xf)
     with pytest.raises(ValueError, match="B, 1, H, W"):
         masked_input(x[0], mask[0], noise[0], xf[0])
+
+
+# -- file names: one helper strips and adds the NIfTI suffixes ---------------------------------
+from pathlib import Path  # noqa: E402
+
+from napari_itermask.names import is_nifti, nifti_stem, scan_stem, tagged_nifti  # noqa: E402
+
+
+@pytest.mark.parametrize("name, nifti, scan", [
+    ("scan.nii.gz", "scan", "scan"),
+    ("dir/Scan.NII.GZ", "Scan", "Scan"),
+    ("scan.nii", "scan", "scan"),
+    ("scan.v2.nii.gz", "scan.v2", "scan.v2"),  # only the NIfTI suffix goes
+    ("series.zip", None, "series"),
+    ("1.2.840.113619.2", None, "1.2.840.113619.2"),  # a DICOM folder named by a UID: whole
+    ("notes.gz", None, "notes.gz"),
+    (".nii.gz", None, ".nii.gz"),  # nothing left: not a scan name
+])
+def test_stems(name, nifti, scan):
+    assert nifti_stem(name) == nifti and is_nifti(name) == (nifti is not None)
+    assert scan_stem(name) == scan
+
+
+def test_every_shell_names_results_by_the_same_stem():
+    from napari_itermask._layers import layer_stem
+    from napari_itermask.cli import _error_map_path, _out_name
+    from napari_itermask.export import sidecar_path
+
+    for scan in ("case_7.NII.GZ", "case_7.nii", "case_7.zip", "case_7"):
+        assert layer_stem(scan) == "case_7"
+        assert _out_name(Path(scan)) == "case_7_lesions.nii.gz"
+    assert sidecar_path("o/case_7_lesions.nii.gz") == Path("o/case_7_lesions.json")
+    assert sidecar_path("o/odd.name") == Path("o/odd.name.json")
+    assert _error_map_path(Path("o/x.nii.gz")) == Path("o/x_error.nii.gz")
+    assert tagged_nifti("o/x.NII", "_label") == Path("o/x_label.NII")
+    with pytest.raises(ValueError):
+        tagged_nifti("o/x.zip", "_label")

@@ -69,6 +69,7 @@ from napari_itermask.core.metrics import (
 )
 from napari_itermask.core.segmentation import error_map, inner_region, smooth_within
 from napari_itermask.models import load_bundle
+from napari_itermask.names import nifti_stem, tagged_nifti
 from napari_itermask.pipeline import Job, engine_config, prepare
 from napari_itermask.volume import load_scan, scan_from_array
 
@@ -270,9 +271,10 @@ def intensity_score(x: np.ndarray, brain: np.ndarray, modality: str) -> np.ndarr
 def test_cases(args):
     if args.data:
         for img in sorted(Path(args.data).glob("*.nii*")):
-            if "_label" in img.name:
+            stem = nifti_stem(img.name)
+            if stem is None or stem.endswith("_label"):
                 continue
-            lab = img.with_name(img.name.replace(".nii", "_label.nii", 1))
+            lab = tagged_nifti(img, "_label")
             if lab.exists():
                 scan = load_scan(img)
                 import nibabel as nib

@@ -30,10 +30,9 @@ placement matrices; all image maths lives in the core and pipeline.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from .names import scan_stem
 from .volume import Scan
 
 __all__ = [
@@ -90,11 +89,8 @@ def permutation_matrix(axes) -> np.ndarray:
 
 
 def layer_stem(path) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    """The layer name of a scan file or DICOM folder / zip: ``names.scan_stem``."""
+    return scan_stem(path)
 
 
 def display_warnings(affine: np.ndarray) -> list[str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError, ItermaskError, OutputError
+from .names import nifti_stem as _nifti_stem
+from .names import scan_stem, tagged_nifti
 
 EXIT_ERROR = 1
 DEFAULT_MODEL = "flair"
@@ -42,17 +44,8 @@ EVALUATE_RULE = (
     "skipped. Unpaired files are listed on stderr; nothing paired is an error.")
 
 
-def _nifti_stem(name: str) -> str | None:
-    """A file name without its .nii / .nii.gz suffix; None for anything else."""
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def _out_name(inp: Path) -> str:
-    stem = _nifti_stem(inp.name) or (inp.name[:-4] if inp.name.lower().endswith(".zip") else None)
-    return f"{inp.name if stem is None else stem}_lesions.nii.gz"
+    return f"{scan_stem(inp.name)}_lesions.nii.gz"
 
 
 def contrast_hints(path) -> set[str]:
@@ -99,7 +92,7 @@ def _load_model(spec: str, device: str, quiet: bool = False, why: str = "--model
 
 
 def _error_map_path(target: Path) -> Path:
-    return target.with_name(target.name.replace(".nii", "_error.nii", 1))
+    return tagged_nifti(target, "_error")
 
 
 def _make_folder(folder: Path) -> list[Path]:

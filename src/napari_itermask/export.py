@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import OutputError
+from .names import is_nifti, nifti_stem
 
 __all__ = ["sidecar_path", "labels_image", "write_labels", "write_image", "check_target",
            "atomic_write_bytes"]
@@ -23,17 +24,13 @@ __all__ = ["sidecar_path", "labels_image", "write_labels", "write_image", "check
 def sidecar_path(path) -> Path:
     """``out.nii.gz`` → ``out.json``; ``out.nii`` → ``out.json``."""
     path = Path(path)
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return path.with_name(name[: -len(suffix)] + ".json")
-    return path.with_name(name + ".json")
+    return path.with_name((nifti_stem(path.name) or path.name) + ".json")
 
 
 def check_target(path, overwrite: bool = False) -> Path:
     """Raise OutputError unless ``path`` (a NIfTI name) can be written."""
     path = Path(path)
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
+    if not is_nifti(path.name):
         raise OutputError(f"output {path.name} must end in .nii.gz or .nii")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():

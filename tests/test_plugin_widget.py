@@ -39,11 +39,11 @@ def notes(monkeypatch):
 
 
 def _widget(viewer, model, qtbot=None):
-    from napari_itermask._widget import IterMaskWidget
+    from napari_itermask._plugin import IterMaskWidget
 
     w = IterMaskWidget(viewer)
     assert w.set_model(str(model))
-    w.device_combo.setCurrentText("cpu")
+    w.inputs.device.value = "cpu"
     w.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
     if qtbot is not None:
         qtbot.addWidget(w)
@@ -63,8 +63,8 @@ def test_full_run_sliders_accept_export(make_napari_viewer, qtbot, tiny_model, s
     viewer = make_napari_viewer()
     img, _gt = add_case(viewer, small_case)
     w = _widget(viewer, tiny_model, qtbot)
-    assert w.untrained_note.isVisibleTo(w) and "UNTRAINED" in w.untrained_note.text()
-    assert "CPU" in w.device_note.text()
+    assert w.inputs.untrained_note.isVisibleTo(w) and "UNTRAINED" in w.inputs.untrained_note.text()
+    assert "CPU" in w.inputs.device_note.text()
 
     assert w.run()
     assert not w.run()  # a second Run while one runs is refused, with a notification
@@ -78,36 +78,36 @@ def test_full_run_sliders_accept_export(make_napari_viewer, qtbot, tiny_model, s
         np.testing.assert_allclose(layer.affine.affine_matrix, img.affine.affine_matrix)
         assert layer.data.shape == img.data.shape
         np.testing.assert_allclose(layer.metadata["affine"], small_case.affine)
-    assert w.progress.value() == 1000
+    assert w.run_controls.progress.value() == 1000
 
     # iteration slider: back to the brain redraws the (larger) mask
     mask = _layer(viewer, "sample FLAIR mask")
     last = np.asarray(mask.data).copy()
-    assert "mL" in w.iter_label.text()
-    w.iter_slider.setValue(0)
+    assert "mL" in w.review_panel.iter_label.text()
+    w.review_panel.iter_slider.setValue(0)
     qtbot.waitUntil(lambda: np.asarray(mask.data).sum() > last.sum(), timeout=10_000)
-    assert "start" in w.iter_label.text()
+    assert "start" in w.review_panel.iter_label.text()
     np.testing.assert_array_equal(np.asarray(mask.data) > 0,
                                   small_case.brain.transpose(img.metadata["scan_axes"]))
     # iteration 0 has no reconstruction: no lesions from its error map, and the panel says so
     lesions = _layer(viewer, "sample FLAIR lesions")
-    assert not np.asarray(lesions.data).any() and "iteration 0" in w.stats_label.text()
-    w.iter_slider.setValue(w.iter_slider.maximum())  # back to the last: the paper's result
+    assert not np.asarray(lesions.data).any() and "iteration 0" in w.review_panel.stats_label.text()
+    w.review_panel.iter_slider.setValue(w.review_panel.iter_slider.maximum())  # back to the last: the paper's result
     assert sess.review.iteration is None and np.asarray(lesions.data).any()
 
     # threshold slider: lower threshold → more lesion voxels, at once, with stats
-    assert "★" in w.threshold_label.text() and w.threshold_slider.mark is not None
+    assert "★" in w.review_panel.threshold_label.text() and w.review_panel.threshold_slider.mark is not None
     before = int((np.asarray(lesions.data) > 0).sum())
-    stats_before = w.stats_label.text()
-    w.threshold_slider.setValue(w.threshold_slider.value() // 2)
+    stats_before = w.review_panel.stats_label.text()
+    w.review_panel.threshold_slider.setValue(w.review_panel.threshold_slider.value() // 2)
     after = int((np.asarray(lesions.data) > 0).sum())
-    assert after > before and w.stats_label.text() != stats_before
-    assert "mL" in w.stats_label.text() and "★" not in w.threshold_label.text()
-    w.min_size_spin.setValue(50)
+    assert after > before and w.review_panel.stats_label.text() != stats_before
+    assert "mL" in w.review_panel.stats_label.text() and "★" not in w.review_panel.threshold_label.text()
+    w.review_panel.min_size_spin.setValue(50)
     assert int((np.asarray(lesions.data) > 0).sum()) < after
     w.restore_defaults()
-    assert w.threshold_spin.value() == pytest.approx(THRESHOLD)
-    assert "★" in w.threshold_label.text() and w.min_size_spin.value() == 0
+    assert w.review_panel.threshold_spin.value() == pytest.approx(THRESHOLD)
+    assert "★" in w.review_panel.threshold_label.text() and w.review_panel.min_size_spin.value() == 0
 
     # accept → an editable layer; a second accept asks first and respects "no"
     acc = w.accept_result()
@@ -117,14 +117,15 @@ def test_full_run_sliders_accept_export(make_napari_viewer, qtbot, tiny_model, s
     acc.data = edited
     asked = []
     w.confirm = lambda title, text: asked.append(title) or False
-    w.threshold_slider.setValue(1)
+    w.review_panel.threshold_slider.setValue(1)
     assert w.accept_result() is None and asked
     np.testing.assert_array_equal(np.asarray(acc.data), edited)
 
     # export writes the accepted (edited) labels with the source affine + provenance
     out = tmp_path / "result.nii.gz"
     written = w.export_result(str(out))
-    assert [str(p) for p in written] == [str(out), str(tmp_path / "result.json")]
+    assert [str(p) for p in written] == [str(out), str(tmp_path / "result.json"),
+                                         str(tmp_path / "result.csv")]
     nii = nib.load(str(out))
     np.testing.assert_allclose(nii.affine, small_case.affine, atol=1e-5)
     saved = np.asarray(nii.dataobj)
@@ -173,7 +174,7 @@ def test_step_continue_cancel_and_gui_stays_free(make_napari_viewer, qtbot, tiny
     _wait_idle(qtbot, w)
     timer.stop()
     assert len(ticks) > 0  # the window never froze
-    assert not sess.finished and "Cancelled" in w.status.text()
+    assert not sess.finished and "Cancelled" in w.run_controls.status.text()
     n = len(sess.steps)
     assert w.run()  # continues where it stopped
     _wait_idle(qtbot, w)
@@ -185,7 +186,7 @@ def test_step_continue_cancel_and_gui_stays_free(make_napari_viewer, qtbot, tiny
     assert w.continue_higher_tau(sess.tau * 1.5)
     _wait_idle(qtbot, w)
     assert len(sess.steps) > n and sess.steps[-1].tau == pytest.approx(sess.tau)
-    assert w.iter_slider.maximum() == len(sess.steps) - 1
+    assert w.review_panel.iter_slider.maximum() == len(sess.steps) - 1
     assert not notes["error"], notes["error"]
 
 
@@ -195,17 +196,17 @@ def test_results_stay_on_their_layer_when_switching(make_napari_viewer, qtbot, t
     add_case(viewer, small_case, name="A")
     add_case(viewer, small_case, name="B")
     w = _widget(viewer, tiny_model, qtbot)
-    w.image_combo.setCurrentText("A")
+    w.inputs.select_image("A")
     assert w.run()
-    w.image_combo.setCurrentText("B")  # switch mid-run
+    w.inputs.select_image("B")  # switch mid-run
     assert not w.run()  # refused while A runs
     _wait_idle(qtbot, w)
     names = [lyr.name for lyr in viewer.layers]
     assert "A mask" in names and "A lesions" in names
     assert not any(n.startswith("B ") and "ground truth" not in n for n in names)
-    assert w._current_session() is None and not w.review_box.isEnabled()
-    w.image_combo.setCurrentText("A")
-    assert w.review_box.isEnabled()
+    assert w._current_session() is None and not w.review_panel.isEnabled()
+    w.inputs.select_image("A")
+    assert w.review_panel.isEnabled()
     # Reset removes A's previews but never an accepted layer
     w.accept_result()
     w.reset()
@@ -223,21 +224,21 @@ def test_chosen_iteration_is_the_result_and_each_image_keeps_its_review(
     add_case(viewer, small_case, name="A")
     add_case(viewer, small_case, name="B")
     w = _widget(viewer, tiny_model, qtbot)
-    w.image_combo.setCurrentText("A")
+    w.inputs.select_image("A")
     assert w.run()
     _wait_idle(qtbot, w)
     a = w._current_session()
     assert a.job.iterations >= 3
     # choose an earlier iteration: the lesions (and the error layer) become that iteration's
     k = 2
-    w.iter_slider.setValue(k)
+    w.review_panel.iter_slider.setValue(k)
     err_k = a.job.error_on_scan(k=k)
     err_layer = _layer(viewer, "A error")
     qtbot.waitUntil(lambda: np.array_equal(np.asarray(err_layer.data),
                                            err_k.transpose(a.source.metadata["scan_axes"])),
                     timeout=20_000)
     assert a.review.iteration == k
-    w.threshold_spin.setValue(0.5 * THRESHOLD)
+    w.review_panel.threshold_spin.setValue(0.5 * THRESHOLD)
     lesions = _layer(viewer, "A lesions")
     want = ((err_k > 0.5 * THRESHOLD) & a.job.volume.scan_brain).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(lesions.data),
@@ -245,28 +246,28 @@ def test_chosen_iteration_is_the_result_and_each_image_keeps_its_review(
     a.preview_edited = True  # as if the user painted on A's preview
 
     # image B: its own review, seeded from the card; no question when switching
-    w.image_combo.setCurrentText("B")
+    w.inputs.select_image("B")
     assert w.run()
     _wait_idle(qtbot, w)
     b = w._current_session()
     assert b is not a and b.review.threshold == THRESHOLD and b.review.iteration is None
-    assert w.threshold_spin.value() == pytest.approx(THRESHOLD)
-    assert w.iter_slider.value() == len(b.steps) - 1
-    w.min_size_spin.setValue(5)
+    assert w.review_panel.threshold_spin.value() == pytest.approx(THRESHOLD)
+    assert w.review_panel.iter_slider.value() == len(b.steps) - 1
+    w.review_panel.min_size_spin.setValue(5)
     assert b.review.min_size == 5 and a.review.min_size == 0
-    w.image_combo.setCurrentText("A")  # back: A's own values, nothing re-thresholded
-    assert w.threshold_spin.value() == pytest.approx(0.5 * THRESHOLD)
-    assert w.iter_slider.value() == k and w.min_size_spin.value() == 0
+    w.inputs.select_image("A")  # back: A's own values, nothing re-thresholded
+    assert w.review_panel.threshold_spin.value() == pytest.approx(0.5 * THRESHOLD)
+    assert w.review_panel.iter_slider.value() == k and w.review_panel.min_size_spin.value() == 0
     # the mask as the result (a real change: now the painted preview may be replaced)
     asked = []
     w.confirm = lambda title, text: asked.append(title) or True
-    w.source_combo.setCurrentIndex(1)
+    w.review_panel.source_combo.setCurrentIndex(1)
     assert asked == ["Replace edited labels?"]
-    assert a.review.source == "mask" and not w.threshold_spin.isEnabled()
+    assert a.review.source == "mask" and not w.review_panel.threshold_spin.isEnabled()
     np.testing.assert_array_equal(np.asarray(_layer(viewer, "A lesions").data) > 0,
                                   a.job.mask_on_scan(k).transpose(a.source.metadata["scan_axes"]))
     # back to the error map, then export: the sidecar records exactly that choice
-    w.source_combo.setCurrentIndex(0)
+    w.review_panel.source_combo.setCurrentIndex(0)
     out = tmp_path / "a.nii.gz"
     w.export_result(str(out))
     side = json.loads((tmp_path / "a.json").read_text())
@@ -281,17 +282,17 @@ def test_chosen_iteration_is_the_result_and_each_image_keeps_its_review(
 
 def test_errors_are_notifications_and_settings_persist(make_napari_viewer, qtbot, tiny_model,
                                                       small_case, notes, tmp_path):
-    from napari_itermask._widget import IterMaskWidget
+    from napari_itermask._plugin import IterMaskWidget
 
     viewer = make_napari_viewer()
     add_case(viewer, small_case)
     w = _widget(viewer, tiny_model, qtbot)
     # bundled models are offered
-    offered = [w.model_combo.itemData(i) for i in range(w.model_combo.count())]
+    offered = list(w.inputs.model.choices)
     assert {"flair", "t1", "t2"} <= set(offered)
     # a one-sided model says so beside its τ and threshold
-    assert w.set_model("t1") and "dark deviations only" in w.model_info.text()
-    assert w.set_model("flair") and "deviations" not in w.model_info.text()
+    assert w.set_model("t1") and "dark deviations only" in w.inputs.model_info.text()
+    assert w.set_model("flair") and "deviations" not in w.inputs.model_info.text()
     assert w.set_model(str(tiny_model))
     # a broken model folder: one-line error notification, no traceback, nothing running
     bad = tmp_path / "bad"
@@ -300,31 +301,31 @@ def test_errors_are_notifications_and_settings_persist(make_napari_viewer, qtbot
     assert not w.set_model(str(bad))
     assert notes["error"] and "\n" not in notes["error"][-1]
     # settings survive a new widget (a new session)
-    w.seed_spin.setValue(7)
-    w.max_iter_spin.setValue(3)
-    w.device_combo.setCurrentText("cpu")
+    w.inputs.seed.value = 7
+    w.inputs.max_iter.value = 3
+    w.inputs.device.value = "cpu"
     w2 = IterMaskWidget(viewer)
     qtbot.addWidget(w2)
-    assert w2.seed_spin.value() == 7 and w2.max_iter_spin.value() == 3
-    assert w2.model_combo.currentData() == str(tiny_model.resolve())
+    assert w2.inputs.seed.value == 7 and w2.inputs.max_iter.value == 3
+    assert w2.inputs.model.value == str(tiny_model.resolve())
     w2.restore_defaults()
     w3 = IterMaskWidget(viewer)
     qtbot.addWidget(w3)
-    assert w3.seed_spin.value() == 0 and w3.max_iter_spin.value() == 0
-    assert w3.device_combo.currentText() == "auto"
+    assert w3.inputs.seed.value == 0 and w3.inputs.max_iter.value == 0
+    assert w3.inputs.device.value == "auto"
 
 
 def test_screenshot_shows_canvas_and_dock(make_napari_viewer, qtbot, tiny_model, small_case,
                                           tmp_path):
     viewer = make_napari_viewer(show=True)
     add_case(viewer, small_case)
-    from napari_itermask._widget import TITLE, IterMaskWidget
+    from napari_itermask._plugin import TITLE, IterMaskWidget
 
     # as from the Plugins menu: napari builds the widget and hands it a viewer proxy
     dock, w = viewer.window.add_plugin_dock_widget("napari-itermask", TITLE)
     assert isinstance(w, IterMaskWidget) and w._viewer is viewer
     w.set_model(str(tiny_model))
-    w.device_combo.setCurrentText("cpu")
+    w.inputs.device.value = "cpu"
     qtbot.waitUntil(dock.isVisible, timeout=10_000)
     assert w.step()
     _wait_idle(qtbot, w)

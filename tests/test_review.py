@@ -87,7 +87,7 @@ def test_whole_review_without_qt_replays_to_identical_labels(phantom_nifti, tiny
     out = tmp_path / "out" / "reviewed.nii.gz"
     out.parent.mkdir()
     written = review.export(sess, out)
-    assert written == [out, out.with_name("reviewed.json")]
+    assert written == [out, out.with_name("reviewed.json"), out.with_name("reviewed.csv")]
     saved = np.asarray(nib.load(str(out)).dataobj)
     np.testing.assert_array_equal(saved, labels)
     side = json.loads(out.with_name("reviewed.json").read_text())
@@ -97,6 +97,12 @@ def test_whole_review_without_qt_replays_to_identical_labels(phantom_nifti, tiny
     assert side["tau"] == 0.3 and side["tau_in_force"] == 0.6 and side["seed"] == 0
     assert side["model_sha256"] == card.weights_sha256 and side["edited_by_user"] is False
     assert RunParams.from_dict(side["params"]) == acc.params
+    # the lesion table beside the labels, summarised in the sidecar
+    rows = out.with_name("reviewed.csv").read_text().splitlines()
+    assert side["lesion_table"]["file"] == "reviewed.csv"
+    assert side["lesion_table"]["lesions"] == side["lesion_count"] == len(rows) - 1
+    assert side["lesion_table"]["total_volume_ml"] == pytest.approx(side["lesion_volume_ml"],
+                                                                    abs=1e-3)
 
     # the replay: same labels, voxel for voxel
     again = tmp_path / "again.nii.gz"

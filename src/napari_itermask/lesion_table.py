@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["Lesion", "COLUMNS", "lesion_table", "summary", "to_csv", "table_path",
-           "write_table"]
+           "check_table_target", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,18 @@ def table_path(labels_path) -> Path:
     from .export import sidecar_path
 
     return sidecar_path(labels_path).with_suffix(".csv")
+
+
+def check_table_target(labels_path, overwrite: bool = False) -> Path:
+    """The table's path; OutputError if it exists and ``overwrite`` is False (checked before
+    the labels are written, so a refusal leaves nothing half-written)."""
+    from .errors import OutputError
+
+    path = table_path(labels_path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite (or choose another name) to "
+                          "replace it")
+    return path
 
 
 def write_table(labels_path, table: list[Lesion]) -> Path:

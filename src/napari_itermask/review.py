@@ -154,10 +154,12 @@ def provenance(session, params: RunParams, labels: np.ndarray, edited: bool = Fa
 def export(session, path, labels: np.ndarray | None = None, overwrite: bool = False
            ) -> list[Path]:
     """Write labels (scan grid; default: the accepted ones, else the current result) as NIfTI
-    with the scan's affine, and a sidecar recording what produced them. Labels that differ from
+    with the scan's affine, a sidecar recording what produced them (with a summary of the
+    lesion table) and the per-lesion table as CSV beside them. Labels that differ from
     what the recorded parameters give are marked ``edited_by_user`` (a replay gives the
     unedited result)."""
     from .export import write_labels
+    from .lesion_table import check_table_target, lesion_table, summary, write_table
 
     if session.accepted is not None:
         produced, params = session.accepted.labels, session.accepted.params
@@ -172,6 +174,9 @@ def export(session, path, labels: np.ndarray | None = None, overwrite: bool = Fa
     edited = not np.array_equal(labels > 0, produced > 0) or bool((labels > 1).any())
     prov = provenance(session, params, labels, edited)
     scan = session.job.scan
-    return write_labels(path, labels.astype(np.uint8), scan.affine, scan.header, prov,
-                        overwrite=overwrite)
+    table = lesion_table(labels, scan.affine, scan.data)
+    prov["lesion_table"] = summary(table, check_table_target(path, overwrite).name)
+    written = write_labels(path, labels.astype(np.uint8), scan.affine, scan.header, prov,
+                           overwrite=overwrite)
+    return [*written, write_table(path, table)]
 

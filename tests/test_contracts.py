@@ -181,3 +181,23 @@ def test_every_shell_names_results_by_the_same_stem():
     assert tagged_nifti("o/x.NII", "_label") == Path("o/x_label.NII")
     with pytest.raises(ValueError):
         tagged_nifti("o/x.zip", "_label")
+
+
+# -- atomic writes: their own module, the usual file mode --------------------------------------
+def test_atomic_write_gives_the_usual_mode_and_leaves_no_temporary(tmp_path):
+    import os
+    import stat
+
+    from napari_itermask import export
+    from napari_itermask.atomic import atomic_write_bytes
+
+    assert export.atomic_write_bytes is atomic_write_bytes  # the old import keeps working
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.txt", b"one")
+        atomic_write_bytes(tmp_path / "a.txt", b"two")  # replaces
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").read_bytes() == b"two"
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640  # not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

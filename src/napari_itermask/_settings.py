@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from .export import atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 __all__ = ["DEFAULTS", "config_dir", "settings_path", "load_settings", "save_settings"]
 

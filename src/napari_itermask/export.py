@@ -1,22 +1,23 @@
 """Writing results: label maps as NIfTI on the scan's own grid, plus a JSON provenance sidecar.
 
-Writes are atomic (a temporary file in the target folder, then a rename), so a failure never
-leaves a partial file, and nothing is overwritten unless asked.
+Writes are atomic (a temporary file in the target folder, then a rename: ``atomic``), so a
+failure never leaves a partial file, and nothing is overwritten unless asked.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from .atomic import atomic_write_bytes, temp_file_in
 from .errors import OutputError
 from .names import is_nifti, nifti_stem
 
+# atomic_write_bytes lives in ``atomic``; re-exported for callers that import it from here
 __all__ = ["sidecar_path", "labels_image", "write_labels", "write_image", "check_target",
            "atomic_write_bytes"]
 
@@ -70,54 +71,6 @@ def labels_image(labels: np.ndarray, affine: np.ndarray, header=None) -> nib.Nif
         img.set_sform(affine, 1)
         img.set_qform(affine, 1)
     return img
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask is process-wide and racy in threads)
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def usual_mode(file: int | str | Path) -> None:
-    """Give a ``mkstemp`` file (0600; a descriptor or a path) the mode a plain ``open`` would:
-    0666 minus the umask, so exported label maps and models are readable by whoever may read
-    the folder."""
-    mode = 0o666 & ~_umask()
-    if isinstance(file, int):
-        if hasattr(os, "fchmod"):
-            os.fchmod(file, mode)
-    else:
-        os.chmod(file, mode)
-
-
-def temp_file_in(folder: Path, suffix: str, error: type[Exception] = OutputError) -> Path:
-    """A new hidden temporary file in ``folder`` with the usual mode, for write-then-rename;
-    a folder that takes no files raises ``error`` with a one-line message."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".itermask-", suffix=suffix)
-    except OSError as exc:
-        raise error(f"cannot write into {folder}: {exc.strerror or exc}") from None
-    try:
-        usual_mode(fd)
-    finally:
-        os.close(fd)
-    return Path(tmp)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = temp_file_in(path.parent, ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_labels(path, labels, affine, header=None, sidecar: dict | None = None,

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from .._hash import sha256_file
+from ..atomic import temp_file_in, usual_mode
 from ..core.unet import UNet
 from ..errors import ModelError, ModelIntegrityError, UnsafeModelError
-from ..export import temp_file_in, usual_mode
 from .card import CARD_NAME, FORMAT, ModelCard, check_format, read_card
 from .locations import WEIGHTS_NAME, resolve_model
 from .untrusted import pickle_kind, safetensors_header

@@ -201,6 +201,8 @@ def cmd_segment(args) -> int:
 
 def _segment_all(args, inputs, targets) -> int:
     from .export import check_target, sidecar_path, write_image, write_labels
+    from .lesion_table import check_table_target, lesion_table, write_table
+    from .lesion_table import summary as table_summary
     from .pipeline import pick_device, segment_scan
     from .volume import load_brain_mask, load_scan
 
@@ -247,7 +249,10 @@ def _segment_all(args, inputs, targets) -> int:
         if not args.quiet:
             print(file=sys.stderr)
         prov = res.provenance
+        table = lesion_table(res.labels, scan.affine, scan.data)  # CSV beside the labels
+        prov["lesion_table"] = table_summary(table, check_table_target(target, args.overwrite).name)
         written = write_labels(target, res.labels, scan.affine, scan.header, prov, args.overwrite)
+        written.append(write_table(target, table))
         if args.save_error_map:
             written.append(write_image(_error_map_path(target), res.error, scan.affine,
                                        args.overwrite))

@@ -119,3 +119,30 @@ def test_csv_summary_and_written_beside_the_labels(tmp_path):
     assert out.read_text() == to_csv(table)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_lesions.csv"]  # no temp left
     assert to_csv([]).strip() == ",".join(COLUMNS)
+
+
+def test_segment_writes_the_table_beside_its_labels_and_never_overwrites_it(
+        tmp_path, phantom_nifti, tiny_model_dir):
+    import json
+
+    import nibabel as nib
+
+    from napari_itermask import cli
+
+    scan, _label, aff = phantom_nifti
+    out = tmp_path / "out.nii.gz"
+    args = ["segment", str(scan), "-o", str(out), "--model", str(tiny_model_dir), "--device",
+            "cpu", "--quiet", "--threshold", "0.5"]
+    assert cli.main(args) == 0
+    side = json.loads((tmp_path / "out.json").read_text())
+    labels = np.asarray(nib.load(str(out)).dataobj)
+    image = np.asarray(nib.load(str(scan)).dataobj)
+    want = to_csv(lesion_table(labels, aff, image))
+    assert (tmp_path / "out.csv").read_text() == want
+    assert side["lesion_table"]["file"] == "out.csv" and side["lesion_count"] > 0
+    assert side["lesion_table"]["lesions"] == side["lesion_count"] == len(want.splitlines()) - 1
+    # a CSV already there is refused like the labels would be, before anything is written
+    out2 = tmp_path / "other.nii.gz"
+    (tmp_path / "other.csv").write_text("mine\n")
+    assert cli.main([*args[:3], str(out2), *args[4:]]) != 0
+    assert not out2.exists() and (tmp_path / "other.csv").read_text() == "mine\n"

@@ -157,14 +157,9 @@ def _oblique_example():
 
 
 @pytest.mark.parametrize("codes", [
-    pytest.param((0, 1), id="qform only", marks=pytest.mark.xfail(strict=True, reason=(
-        "export.labels_image gives the labels sform_code 1 with the float32-rounded affine, so "
-        "the affine read back differs from the input's qform (by well under a micrometre)"))),
-    pytest.param((0, 0), id="no codes", marks=pytest.mark.xfail(strict=True, reason=(
-        "export.labels_image sets sform/qform codes 1 on an input that had none"))),
-    pytest.param((1, 1), id="sform and qform", marks=pytest.mark.xfail(strict=True, reason=(
-        "export.labels_image recomputes the qform from the sform instead of keeping the "
-        "input's (tools that prefer the qform, e.g. ITK, see a grid shifted by < 1e-5 mm)"))),
+    pytest.param((0, 1), id="qform only"),
+    pytest.param((0, 0), id="no codes"),
+    pytest.param((1, 1), id="sform and qform"),
 ])
 @settings(max_examples=10, phases=[Phase.explicit, Phase.generate], **SETTINGS)  # no shrinking
 @given(scan=scans(ndim=3, max_side=10, shear=False))

@@ -48,28 +48,38 @@ def check_target(path, overwrite: bool = False) -> Path:
 
 
 def labels_image(labels: np.ndarray, affine: np.ndarray, header=None) -> nib.Nifti1Image:
-    """uint8 label image with the source's affine, and its qform/sform codes where known."""
+    """uint8 label image with the source's affine, and its qform/sform codes where known.
+
+    When ``affine`` is the one the source header itself gives (the usual case: labels for the
+    scan they were computed on), the header's geometry is kept as it is: sform and qform with
+    their codes, exactly, none of them recomputed (tools that read the qform, or a file with no
+    codes, see the input's grid). Otherwise ``affine`` is written into both forms.
+    """
     labels = np.asarray(labels)
+    affine = np.asarray(affine, np.float64)
     hdr = None
     if header is not None:
         try:
             hdr = nib.Nifti1Header.from_header(header)
         except Exception:  # a header of another kind: keep the affine only
             hdr = None
-    img = nib.Nifti1Image(labels.astype(np.uint8), np.asarray(affine, np.float64), header=hdr)
+    # the header's own affine: nibabel then leaves its sform and qform alone (and the image
+    # still knows its affine in memory, which passing None would not give)
+    keep = hdr is not None and np.array_equal(affine, hdr.get_best_affine())
+    img = nib.Nifti1Image(labels.astype(np.uint8), affine, header=hdr)
     img.set_data_dtype(np.uint8)
     img.header["scl_slope"] = 1.0
     img.header["scl_inter"] = 0.0
     img.header["cal_min"] = 0
     img.header["cal_max"] = max(1, int(labels.max(initial=0)))
-    if header is not None and hdr is not None:
+    if hdr is None:
+        img.set_sform(affine, 1)
+        img.set_qform(affine, 1)
+    elif not keep:  # (kept: the header's own sform and qform, codes and all)
         sform, scode = header.get_sform(coded=True)
         qform, qcode = header.get_qform(coded=True)
         img.set_sform(affine, int(scode) if sform is not None else 1)
         img.set_qform(affine, int(qcode) if qform is not None else 1)
-    else:
-        img.set_sform(affine, 1)
-        img.set_qform(affine, 1)
     return img
 
 

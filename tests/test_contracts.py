@@ -201,3 +201,26 @@ def test_atomic_write_gives_the_usual_mode_and_leaves_no_temporary(tmp_path):
     assert (tmp_path / "a.txt").read_bytes() == b"two"
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640  # not mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+# -- every third-party package the package imports is declared ---------------------------------
+def test_every_imported_package_is_a_declared_dependency():
+    import ast
+    import sys
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip()
+                .lower().replace("-", "_") for d in project["dependencies"]}
+    imported = set()
+    for file in (root / "src" / "napari_itermask").rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported
+                   if m not in sys.stdlib_module_names and m not in ("napari_itermask", "__future__")}
+    assert "torch" in third_party  # the scan found the imports at all
+    assert sorted(third_party - declared) == []

@@ -3,7 +3,8 @@
 The samples are of the ``glioma`` stratum, the paper's BraTS-like case (docs/benchmark.md);
 ``sample_flair_subtle`` is the small, faint lesions of the ``subtle`` stratum.  Each sample is
 an Image layer (placed and described exactly like a scan opened by the reader) and its
-ground-truth Labels layer, both from ``synth.make_case``. The seed is fixed per stratum, so the
+ground-truth Labels layer, both from ``synth.make_case``; the ground truth opens as a green
+outline with the image selected, so neither hides nor invites painting over the lesion. The seed is fixed per stratum, so the
 same sample comes back every time (the command line's ``itermask demo`` uses the same one).
 """
 
@@ -55,14 +56,41 @@ def case_layers(case) -> list[tuple]:
                                             1: (0.2, 1.0, 0.2, 1.0)})
     gt = derived_kwargs(_Named(image[0], image[1]), "ground truth", opacity=0.6,
                         colormap=green)
-    gt["metadata"]["synthetic"] = True
+    # shown as an outline, left unselected (napari cannot take either in a layer tuple: see
+    # _outline_when_added; the widget's presenter does the same for layers added otherwise)
+    gt["metadata"].update({"synthetic": True, "ground_truth": True, "contour": 2})
     return [image, (to_layer_shape(case.label, _Named(image[0], image[1])), gt, "labels")]
+
+
+def _outline_when_added() -> None:
+    """Outline the ground truth and give the selection back to the image once napari has
+    added the sample's layers (a no-op without a current viewer)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # no Qt, no viewer: the layers open filled, nothing else changes
+        return
+    if viewer is None:
+        return
+    from ._plugin.presenter import LayerPresenter
+
+    layers = viewer.layers
+
+    def on_inserted(event):
+        if (event.value.metadata or {}).get("ground_truth"):
+            layers.events.inserted.disconnect(on_inserted)
+            LayerPresenter(viewer).style_new([event.value])
+
+    layers.events.inserted.connect(on_inserted)
 
 
 def _sample(modality: str, stratum: str = SAMPLE_STRATUM) -> list[tuple]:
     from . import synth
 
-    return case_layers(synth.make_case(modality, sample_seed(stratum), stratum=stratum))
+    out = case_layers(synth.make_case(modality, sample_seed(stratum), stratum=stratum))
+    _outline_when_added()
+    return out
 
 
 def sample_flair() -> list[tuple]:

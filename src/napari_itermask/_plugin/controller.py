@@ -323,6 +323,25 @@ class IterMaskWidget(QWidget):
         self._refresh_review()
         self._update_buttons()
 
+    def showEvent(self, event):  # noqa: N802 (Qt name)
+        super().showEvent(event)
+        QTimer.singleShot(0, self._fit_dock_title)
+
+    def _fit_dock_title(self) -> None:
+        """Widen the widget until the dock's title (napari adds the plugin's name) fits."""
+        from qtpy.QtWidgets import QDockWidget, QLabel
+
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        bar = dock.titleBarWidget() if dock is not None else None
+        if bar is None:
+            return
+        short = max((lbl.sizeHint().width() - lbl.width() for lbl in bar.findChildren(QLabel)
+                     if lbl.text() and lbl.width() > 0), default=0)
+        if short > 0:
+            self.setMinimumWidth(self.width() + short)
+
     def closeEvent(self, event):  # noqa: N802
         for sess in self._sessions.values():
             sess.close()

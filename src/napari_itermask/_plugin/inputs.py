@@ -95,7 +95,6 @@ class InputsPanel(QWidget):
 
         self.max_iter = SpinBox(min=0, max=500, tooltip="Iteration cap per slice (0 = the "
                                                         "model card's)")
-        self.max_iter.native.setSpecialValueText("model card")
         self.first_unmask = FloatSpinBox(min=-0.05, max=0.95, step=0.05, value=-0.05,
                                          tooltip="Share of the brain the first step declares "
                                                  "normal (the lowest value = the card's)")
@@ -131,7 +130,7 @@ class InputsPanel(QWidget):
         self.advanced = QCollapsible("Advanced options")
         adv = QWidget()
         adv_form = QFormLayout(adv)
-        adv_form.addRow("Iteration cap", self.max_iter.native)
+        adv_form.addRow("Iteration cap (0: card)", self.max_iter.native)
         adv_form.addRow("First-step unmask", self.first_unmask.native)
         adv_form.addRow("Seed", self.seed.native)
         self.advanced.addWidget(adv)

@@ -53,7 +53,7 @@ def test_sampler_statistics_match_the_paper():
     masks = [s.sample(brain, rng) for _ in range(200)]
     shares = np.array([masked_share(m, brain) for m in masks])
     assert all(not (m & ~brain).any() for m in masks)  # inside the brain only
-    assert 0.05 <= shares.mean() <= 0.25  # method.md §4: roughly 5–25 % on average
+    assert 0.05 <= shares.mean() <= 0.25  # docs/method.md §4: roughly 5–25 % on average
     assert (shares > 0).all()
     assert shares.std() > 0.03  # shapes and sizes vary
 
@@ -79,7 +79,7 @@ def test_sampler_empty_brain_and_bad_shape():
 def test_paper_preset_has_reference_size():
     for c in (1, 2):
         n = count_parameters(build_unet("paper", c))
-        assert 5.8e6 <= n <= 6.0e6, n  # method.md §3: about 5.9 M
+        assert 5.8e6 <= n <= 6.0e6, n  # docs/method.md §3: about 5.9 M
     cfg = PRESETS["paper"]
     assert cfg.widths == (32, 32, 64, 96, 128) and cfg.norm == "batch" and cfg.dropout == 0.1
     assert count_parameters(build_unet("small", 2)) < 1.5e6

@@ -1,9 +1,9 @@
 """Build a model bundle from a training run and calibrate it on healthy validation data only.
 
-- τ (method.md §5): random training masks (the paper's sampler) on healthy validation slices,
+- τ (docs/method.md §5): random training masks (the paper's sampler) on healthy validation slices,
   reconstructed by the masked network; τ = the ``--tau-percentile`` (80) of the squared error
   inside the masks.
-- segmentation threshold (method.md §7): the full shrink loop runs on the healthy validation
+- segmentation threshold (docs/method.md §7): the full shrink loop runs on the healthy validation
   slices; the threshold is the error level exceeded by ``--fpr`` (0.1 %) of healthy brain pixels
   of the final error maps (model grid) — a chosen false-positive rate, fixed before any lesion
   is seen. No lesion label is read here. With ``--rim PX`` the segmentation ignores the brain's
@@ -96,7 +96,7 @@ def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = No
 def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: int = 0,
                   n_masks: int = 2, batch: int = 32) -> float:
     rng = np.random.default_rng(seed)
-    sampler = MaskSampler(size=val.x.shape[-1])  # the paper's masks (§5)
+    sampler = MaskSampler(size=val.x.shape[-1])  # the training masks (docs/method.md §4, §5)
     errs, masks = [], []
     with torch.inference_mode():
         for _ in range(n_masks):

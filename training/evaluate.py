@@ -4,7 +4,7 @@ Test data: synthetic volumes with lesions from the *test* seed range (never used
 or calibration), or a folder of NIfTI scans with ``*_label.nii.gz`` ground truth beside them.
 
 Methods (every threshold from healthy validation slices at the same false-positive rate):
-  itermask      the full shrink loop; final error map (method.md §6–7); threshold from the card
+  itermask      the full shrink loop; final error map (docs/method.md §6–7); card threshold
   no-iteration  ablation: the first network's error only, (x − f1(x_f))² ("-spat" in the paper)
   itermask -freq  ablation (``--no-freq-model``): a bundle whose masked net was trained without
                 x_f (``train --no-guidance``), calibrated the same way; its own card threshold
@@ -25,8 +25,8 @@ clinical  what a user of the plugin meets: the whole scan, 3-D Dice / sensitivit
           < 200, 200–800, > 800); normal-tissue SSIM; lesion-wise detection rate. Separately
           labelled *optimistic* modes: per-image best threshold (an oracle, as the paper's grey
           cells) and, with ``--rising-tau``, per-image best iteration while τ rises whenever the
-          mask stalls (method.md §8).
-paper     the reference's Table 1 (method.md §11): one axial slice per case, the one with most
+          mask stalls (docs/method.md §8).
+paper     the reference's Table 1 (docs/method.md §11): one axial slice per case, the one with most
           lesion in the central slab (``protocols.CENTRAL_SLAB``), on the model grid, label =
           any partial-volume lesion after area resizing; cases without lesion there are dropped.
           The loop runs on that slice only (normalised with its whole volume, as for a scan).
@@ -730,8 +730,8 @@ def render_clinical(summary: dict, methods) -> list[str]:
     if trace:
         lines.append(trace)
     if any("best_iteration_dice" in r["itermask"] for r in rows):
-        lines.append(f"*Optimistic, per-image best iteration under rising τ (§8): Dice "
-                     f"{_mean(rows, 'itermask', 'best_iteration_dice'):.3f}.*")
+        lines.append("*Optimistic, per-image best iteration under rising τ (docs/method.md §8): "
+                     f"Dice {_mean(rows, 'itermask', 'best_iteration_dice'):.3f}.*")
     lines.append("")
     return lines
 

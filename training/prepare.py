@@ -4,7 +4,7 @@ Sources:
   synth  — synthetic healthy brains (napari_itermask.synth) from a seed range per split
   folder — a folder of healthy, skull-stripped NIfTI scans (every slice with enough brain)
   brats  — a BraTS 2021 folder (BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz):
-           axial slices without any tumour voxel; p90 normalisation (method.md §1)
+           axial slices without any tumour voxel; p90 normalisation (docs/method.md §1)
 
 Every source goes through the same volume pipeline as inference (napari_itermask.volume), so
 training and inference see identically prepared slices.

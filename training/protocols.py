@@ -1,7 +1,7 @@
 """Pure scoring code of the benchmark's paper protocol (slab slice, area labels, thresholds, stats).
 
-The reference's Table 1 (method.md §11) scores one axial slice per case on the 128² model grid;
-this module holds every rule of that protocol that needs no network, so each rule has one
+The reference's Table 1 (docs/method.md §11) scores one axial slice per case on the 128² model
+grid; this module holds every rule of that protocol that needs no network, so each rule has one
 implementation the tests can check on hand-made arrays:
 
 - which slices form the *central slab* (``CENTRAL_SLAB``, relative to the brain's axial extent)

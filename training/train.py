@@ -1,4 +1,4 @@
-"""Train the two IterMask² networks on healthy slices (method.md §3, §4).
+"""Train the two IterMask² networks on healthy slices (docs/method.md §3, §4).
 
   first  — f1(x_f) → x, input: the high-pass image only
   masked — f(cat(x̂, x_f)) → x with x̂ = m·ε + (1 − m)·x, m a random training mask

@@ -1,4 +1,4 @@
-"""The ``itermask`` command line (contract: architecture.md).
+"""The ``itermask`` command line (contract: docs/architecture.md §2).
 
 Every failure a user can cause ends with one readable line on stderr and a non-zero exit code,
 never a traceback, and never a partial output file.

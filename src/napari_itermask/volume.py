@@ -11,7 +11,7 @@ Everything that moves voxels between a scan's own grid and the model's grid live
   ``pixel_size_mm``; 1.875 mm reproduces the reference's 240 mm → 128 px), centred on the brain
   and padded to ``grid × grid``, so anatomy has the same size for the model whatever the field
   of view. Down-sampling low-passes first (like area interpolation).
-- Intensities are normalised per scan (method.md §1): ``p90``: 6·x/p90 − 3; ``zscore``:
+- Intensities are normalised per scan (docs/method.md §1): ``p90``: 6·x/p90 − 3; ``zscore``:
   (x − mean)/std over brain voxels. Pixels outside the brain get ``BACKGROUND`` (−3).
 - Maps computed on the model grid go back by interpolation onto the scan's own voxel grid and
   are thresholded there, so labels have exactly the scan's shape and affine.
@@ -193,7 +193,7 @@ def load_brain_mask(path, scan: Scan) -> np.ndarray:
 
 
 def normalise(data: np.ndarray, brain: np.ndarray, method: str) -> np.ndarray:
-    """Per-scan intensity normalisation (method.md §1); background set to BACKGROUND."""
+    """Per-scan intensity normalisation (docs/method.md §1); background set to BACKGROUND."""
     vals = data[brain]
     if vals.size == 0:
         raise InputError("the brain mask is empty")

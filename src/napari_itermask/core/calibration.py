@@ -1,4 +1,4 @@
-"""Calibration from healthy validation data only (method.md §5 and §7).
+"""Calibration from healthy validation data only (docs/method.md §5 and §7).
 
 - ``tau_from_masked_errors``: τ is a percentile (80th in the paper) of the squared error inside
   random training masks when the masked model reconstructs healthy validation slices.

@@ -1,4 +1,4 @@
-"""The IterMask² shrink loop (method.md §6) as a generator of per-iteration states.
+"""The IterMask² shrink loop (docs/method.md §6) as a generator of per-iteration states.
 
 Per slice, on the model grid (normalised intensities):
 
@@ -14,7 +14,7 @@ Slices are processed in batches; converged slices leave the batch. Noise is draw
 iteration from ``seed`` (keyed by the slice's id), so results do not depend on the batching.
 Every yielded state holds, for all slices, the current mask, the full-brain error map
 ``(x − x')² · brain`` of the latest reconstruction (what the final segmentation thresholds,
-method.md §7), and that reconstruction. Each state owns its arrays (copies, a few MB per
+docs/method.md §7), and that reconstruction. Each state owns its arrays (copies, a few MB per
 iteration); ``History`` keeps the masks of all iterations compactly, and which slices each
 iteration computed.
 

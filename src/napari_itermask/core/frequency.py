@@ -1,4 +1,4 @@
-"""High-frequency guidance image x_f (method.md §2).
+"""High-frequency guidance image x_f (docs/method.md §2).
 
 The slice's 2-D spectrum is centred (DC at ``(H // 2, W // 2)``); every frequency bin closer than
 ``radius`` bins to the centre loses its amplitude, every other bin keeps it, and the phase is kept

@@ -1,4 +1,4 @@
-"""Brain masks and the random training masks of IterMask² (method.md §4).
+"""Brain masks and the random training masks of IterMask² (docs/method.md §4).
 
 Training masks are drawn as in the paper: a random brain pixel is the centre of a 2-D Gaussian
 with a random covariance; square patches (side 4, 8 and 16 px at the reference 240 px field of
@@ -7,7 +7,7 @@ union, intersected with the brain, is the mask (1 = masked, to be reconstructed)
 share of brain averages roughly 5–25 %.
 
 The shrink loop at inference starts from masks covering ~60 % of the brain, far more than the
-paper's training masks (findings.md §2). ``wide_prob`` mixes in masks that cover a share of the
+paper's training masks (docs/method.md §12). ``wide_prob`` mixes in masks that cover a share of the
 brain drawn uniformly from ``wide_share`` so the masked model also sees inference-sized masks.
 """
 

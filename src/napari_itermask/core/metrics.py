@@ -1,4 +1,4 @@
-"""Evaluation metrics (method.md §9): Dice, sensitivity, precision, normal-tissue SSIM, size strata.
+"""Evaluation metrics (docs/method.md §9): Dice, sensitivity, precision, SSIM, size strata.
 
 Conventions: an empty prediction on an empty ground truth has Dice 1 (nothing to find, nothing
 found); sensitivity is undefined (NaN) without ground truth, precision NaN without prediction.
@@ -53,7 +53,7 @@ def dice(pred, gt) -> float:
 def best_threshold_dice(score, gt, region=None) -> tuple[float, float]:
     """Best Dice of ``score > t`` over *every* threshold t, and one t that reaches it.
 
-    The per-image oracle of the paper's grey cells (method.md §7), computed exactly: the
+    The per-image oracle of the paper's grey cells (docs/method.md §7), computed exactly: the
     scores inside ``region`` (default: everywhere) are sorted once and the Dice of each distinct
     cut follows from cumulative true-positive counts, so no lesion is too small for the sweep.
     Ground truth outside ``region`` counts as missed. The empty prediction (t at or above the

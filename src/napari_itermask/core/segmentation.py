@@ -1,4 +1,4 @@
-"""Final segmentation from the last reconstruction's error (method.md §7).
+"""Final segmentation from the last reconstruction's error (docs/method.md §7).
 
 The segmentation is not the final mask: it is the error map ``E = (x − x'_T)² · brain`` of each
 slice's last reconstruction, thresholded. The threshold comes from healthy validation data

@@ -1,4 +1,4 @@
-"""The reconstruction UNet shared by both IterMask² networks (method.md §3).
+"""The reconstruction UNet shared by both IterMask² networks (docs/method.md §3).
 
 ``f1`` (first iteration) takes x_f alone (1 channel); ``f`` (masked model) takes the masked slice
 and x_f (2 channels). Both output one channel: the reconstructed slice in normalised intensity.

@@ -54,7 +54,7 @@ _DICTS = ("unet", "tau_derivation", "threshold_derivation", "training")
 
 @dataclass
 class ModelCard:
-    """Everything needed to use a model and to judge its results (architecture.md)."""
+    """Everything needed to use a model and to judge its results (docs/architecture.md §3)."""
 
     name: str
     modality: str

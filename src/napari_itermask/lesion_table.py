@@ -1,4 +1,4 @@
-"""Per-lesion statistics on the scan's grid — volume, centroid, largest diameter, intensity — and their CSV.
+"""Per-lesion statistics on the scan's grid (volume, centroid, diameter, intensity) and their CSV.
 
 The set follows 3D Slicer's "Segment Statistics" (labelmap volume, centroid, Feret diameter,
 scalar-volume mean), computed here from our own definitions:

@@ -1,4 +1,4 @@
-"""The layer presenter: each session's mask, error map, reconstruction and lesion layers in the viewer.
+"""The layer presenter: each session's mask, error map, reconstruction and lesion layers.
 
 Every layer it makes is derived from the session's own source layer (``_layers.derived_kwargs``:
 same placement and scan metadata), so results land on the image they came from whatever the

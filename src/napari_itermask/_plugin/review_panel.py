@@ -1,4 +1,4 @@
-"""The review panel: iteration, lesion source, threshold, minimum size, results table, Accept and Export.
+"""The review panel: iteration, source, threshold, minimum size, lesion table, Accept, Export.
 
 It shows one image's ``review.ReviewState`` (``show(session)``) and reports the user's edits as
 signals; the controller writes them into that state, so switching images restores each one's
@@ -71,7 +71,7 @@ class ErrorLegend(QWidget):
 
     def paintEvent(self, event):  # noqa: N802 (Qt name)
         p = QPainter(self)
-        w, h = self.width(), self.height()
+        w = self.width()
         bar = QRectF(4, 2, max(w - 8, 1), 12)
         p.fillRect(bar, QColor(110, 110, 110))
         grad = QLinearGradient(bar.left(), 0, bar.right(), 0)

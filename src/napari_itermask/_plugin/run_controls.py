@@ -1,4 +1,4 @@
-"""The run controls: Run, Step, Stop and Reset, and a progress bar with iteration, slices left and time.
+"""The run controls: Run, Step, Stop, Reset, and progress with iteration, slices left and time.
 
 Progress. A slice is done when its mask stops shrinking (or it hits the iteration cap); the
 fraction counts done slices fully and each slice still shrinking by how far its iterations have

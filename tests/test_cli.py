@@ -75,7 +75,8 @@ def test_several_inputs_go_to_a_folder(tmp_path, capsys, phantom_nifti, tiny_mod
                            "--model", tiny_model_dir, "-q")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == [
-        "other_lesions.json", "other_lesions.nii.gz", "scan_lesions.json", "scan_lesions.nii.gz"]
+        "other_lesions.csv", "other_lesions.json", "other_lesions.nii.gz",
+        "scan_lesions.csv", "scan_lesions.json", "scan_lesions.nii.gz"]
 
 
 def test_refuses_to_overwrite(tmp_path, capsys, phantom_nifti, tiny_model_dir):

@@ -1,19 +1,20 @@
-"""The "IterMask² lesion segmentation" dock widget: composes the panels and runs the sessions.
+"""The "IterMask² lesion segmentation" dock widget: composes the panels and binds them to sessions.
 
-Layers of the plugin, top down: this controller; the panels (``inputs``, ``run_controls``,
-``review_panel``) that only show and edit values; the ``presenter`` that draws layers; and
-below them, without Qt, ``_session`` (one run per image and its worker generator), ``review``
-(the review state, its result, Accept, Export) and ``lesion_table``.
+Layers of the plugin, top down: this controller; ``runner`` (the workers: a run and its reports,
+a chosen iteration's maps) and ``actions`` (Accept, Export); the panels (``inputs``,
+``run_controls``, ``review_panel``) that only show and edit values; the ``presenter`` that draws
+layers; and below them, without Qt, ``_session`` (one run per image and its worker generator),
+``review`` (the review state, its result, Accept, Export) and ``lesion_table``.
 
 State. The review's values live in each image's ``Session.review``; the controller writes the
 review panel's edits there and shows the current image's, so switching images restores each
 one's and re-thresholds nothing. What is shown, accepted and exported is ``review.lesions``.
 
 Threads. Model loading, scan preparation, iterations and moving what is shown to the scan's grid
-run in napari generator workers (``_session.advance``); the GUI thread only swaps layer data.
-The threshold re-thresholds the cached error map (numpy, no model call); choosing another
-iteration asks a short worker for its maps. The per-lesion table follows a moment later
-(debounced), so dragging the threshold stays smooth.
+run in napari generator workers (``runner``); the GUI thread only swaps layer data. The
+threshold re-thresholds the cached error map (numpy, no model call); choosing another iteration
+asks a short worker for its maps. The per-lesion table follows a moment later (debounced), so
+dragging the threshold stays smooth.
 
 Safety. A run belongs to its session's source layer; one run at a time; labels the user owns are
 never replaced without ``self.confirm(title, text)`` returning True (tests replace it); errors
@@ -22,36 +23,25 @@ are notifications, never tracebacks.
 
 from __future__ import annotations
 
-import logging
-from functools import partial
-from pathlib import Path
-
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QMessageBox, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QMessageBox, QScrollArea, QVBoxLayout, QWidget
 
 from .. import review
-from .._layers import from_layer_shape, layer_ras_affine, layer_scan_array, layer_stem
-from .._session import Failure, Finished, Frame, Note, RunRequest, Session, advance
+from .._layers import from_layer_shape
+from .._session import Session
 from .._settings import DEFAULTS, load_settings, save_settings
-from ..params import RunParams
+from . import actions
 from .common import notify, unwrap
 from .inputs import InputsPanel
 from .presenter import LayerPresenter
 from .review_panel import ReviewPanel
-from .run_controls import RunControls, progress_fraction
+from .run_controls import RunControls
+from .runner import FINISHED_TEXT, Runner
 
-__all__ = ["IterMaskWidget", "TITLE"]
-
-log = logging.getLogger(__name__)
+__all__ = ["FINISHED_TEXT", "TITLE", "IterMaskWidget"]
 
 TITLE = "IterMask² lesion segmentation"
-FINISHED_TEXT = {
-    "converged": "Converged: every slice's mask stopped shrinking.",
-    "stopped": "Cancelled: Run or Step continue from here.",
-    "step": "Stepped one iteration.",
-    "nothing": "Already converged: raise τ and Continue to shrink further.",
-}
 
 
 class IterMaskWidget(QWidget):
@@ -67,12 +57,7 @@ class IterMaskWidget(QWidget):
         self.ask_export_path = self._ask_export_path
         self._settings = load_settings()
         self._sessions: dict[int, Session] = {}
-        self._worker = None
-        self._busy: Session | None = None
-        self._mask_worker = None
-        self._mask_pending: tuple | None = None
-        self._bundles: dict = {}
-        self._run_start_iteration = 0
+        self.runner = Runner(self)
         self._shown: dict[int, tuple] = {}  # id(source) → (session, labels it shows)
 
         self.inputs = InputsPanel(napari_viewer)
@@ -144,17 +129,6 @@ class IterMaskWidget(QWidget):
         """Select a bundled/user model by name, or a model folder by path."""
         return self.inputs.set_model(name_or_path)
 
-    def _load_bundle(self, model: str, device: str):
-        """Runs in the worker thread; bundles are cached per (model, device)."""
-        from ..models import load_bundle
-        from ..pipeline import pick_device
-
-        dev = pick_device(device)
-        key = (str(model), str(dev))
-        if key not in self._bundles:
-            self._bundles[key] = load_bundle(model, device=dev)
-        return self._bundles[key]
-
     # -- layers -------------------------------------------------------------------------------
     def reset_choices(self, *_):
         """napari calls this on layer changes (docked widgets); we call it too."""
@@ -190,121 +164,36 @@ class IterMaskWidget(QWidget):
         self._schedule_table()
         self._update_buttons()
 
-    # -- running ------------------------------------------------------------------------------
-    def _request(self, src) -> RunRequest | None:
-        from ..errors import ItermaskError
-
-        spec = self.inputs.model_spec
-        if not spec:
-            notify("error", "choose a model first (none found: use Folder…)")
-            return None
-        try:
-            data = layer_scan_array(src)
-            affine = layer_ras_affine(src)
-        except ValueError as exc:
-            notify("error", str(exc))
-            return None
-        brain = None
-        blayer = self.inputs.brain_layer
-        if blayer is not None:
-            try:  # a brain mask drawn on (or derived from) this image, arranged like it
-                brain = from_layer_shape(blayer.data, src).reshape(data.shape) > 0
-            except ValueError as exc:
-                notify("error", f"brain mask '{blayer.name}': {exc}")
-                return None
-        try:
-            params = RunParams(max_iter=self.inputs.max_iter_value(),
-                               first_unmask=self.inputs.first_unmask_value(),
-                               seed=int(self.inputs.seed.value),
-                               min_size=int(self.review_panel.min_size_spin.value()))
-        except ItermaskError as exc:
-            notify("error", str(exc))
-            return None
-        return RunRequest(
-            model=str(spec), device=self.inputs.device.value, data=data, affine=affine,
-            header=(src.metadata or {}).get("header"), name=src.name, brain_mask=brain,
-            brain_mask_source=f"layer '{blayer.name}'" if blayer is not None else None,
-            params=params)
-
-    def _request_key(self, src) -> tuple:
-        """What a run depends on: a Run with other inputs starts a new history."""
-        brain = self.inputs.brain_layer
-        i = self.inputs
-        return (id(src), str(i.model_spec), i.device.value,
-                id(brain) if brain is not None else None, i.max_iter_value(),
-                i.first_unmask_value(), int(i.seed.value))
-
-    def _start(self, steps=None, tau=None) -> bool:
-        from napari.qt.threading import create_worker
-
-        from .. import allocator
-        from ..models import untrained_warning
-
-        allocator.tune()  # process-wide, once: the worker's activations stay on the heap
-        if self._worker is not None:
-            name = self._busy.source.name if self._busy is not None else "an image"
-            notify("warning", f"already running on '{name}'; press Stop first")
-            return False
-        src = self.inputs.source
-        if src is None:
-            notify("warning", "open or choose an image layer first")
-            return False
-        sess = self._current_session()
-        if tau is None and (sess is None or sess.key != self._request_key(src)):
-            req = self._request(src)
-            if req is None:
-                return False
-            new = Session(src, req, key=self._request_key(src))
-            if sess is not None:  # inputs changed: start over, reusing the preview layers
-                sess.close()
-                new.layers = dict(sess.layers)
-                new.preview_edited = sess.preview_edited
-            sess = new
-            self._sessions[id(src)] = sess
-        card = sess.card if sess.card is not None else self.inputs.card()
-        warning = untrained_warning(card) if card is not None else None
-        if warning:
-            notify("warning", warning)
-        worker = create_worker(advance, sess, steps=steps, tau=tau, loader=self._load_bundle,
-                               _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(partial(self._on_yielded, sess))
-        worker.errored.connect(lambda exc: notify("error", str(exc)))
-        worker.finished.connect(partial(self._on_worker_finished, worker))
-        self._worker, self._busy = worker, sess
-        self._run_start_iteration = sess.job.iterations if sess.job is not None else 0
-        self.run_controls.started()
-        self._update_buttons()
-        worker.start()
-        return True
-
+    # -- running (the workers: runner.Runner) ---------------------------------------------
     def run(self) -> bool:
         """Iterate until convergence (continues a stepped or cancelled run)."""
-        return self._start()
+        return self.runner.start()
 
     def step(self) -> bool:
         """One iteration."""
-        return self._start(steps=1)
+        return self.runner.start(steps=1)
 
     def continue_higher_tau(self, tau: float | None = None) -> bool:
         """Resume from the last iteration with a higher τ; the history grows."""
-        sess = self._current_session()
-        if sess is None or sess.job is None or sess.job.history is None:
-            notify("warning", "run IterMask² on this image first")
-            return False
-        if tau is None and sess.review is not None:
-            tau = sess.review.next_tau
-        tau = float(self.review_panel.tau_spin.value() if tau is None else tau)
-        if sess.tau is not None and tau <= sess.tau:
-            notify("warning", f"τ must be above the current {sess.tau:.4g}")
-            return False
-        return self._start(tau=tau)
+        return self.runner.continue_higher_tau(tau)
 
     def cancel(self) -> None:
         """Stop after the iteration in progress; Run or Step continue from there."""
-        if self._busy is not None:
-            self._busy.stop.set()
-            self.run_controls.show_progress(self.run_controls.progress.value() / 1000,
-                                            "stopping after this iteration …")
+        self.runner.cancel()
+
+    @property
+    def _worker(self):
+        """The run's worker while one runs, else None."""
+        return self.runner.worker
+
+    @property
+    def _busy(self) -> Session | None:
+        return self.runner.busy
+
+    @property
+    def _mask_worker(self):
+        """The worker fetching a chosen iteration's maps, else None."""
+        return self.runner.mask_worker
 
     def reset(self) -> None:
         """Forget the current image's run and remove its preview layers (never accepted ones)."""
@@ -347,75 +236,6 @@ class IterMaskWidget(QWidget):
             sess.close()
         super().closeEvent(event)
 
-    # -- what the worker reports --------------------------------------------------------------
-    def _alive(self, sess: Session) -> bool:
-        return self._sessions.get(id(sess.source)) is sess and sess.source in self._viewer.layers
-
-    def _on_yielded(self, sess: Session, item) -> None:
-        if not isinstance(item, Frame) and not self._alive(sess):
-            return  # reset, or its image was removed: nothing to report
-        status = self.run_controls.status
-        try:
-            if isinstance(item, Frame):
-                try:
-                    if self._alive(sess):
-                        self._apply_frame(sess, item)
-                finally:
-                    sess.consumed.set()
-            elif isinstance(item, Note):
-                status.setText(item.message)
-                if item.warning:
-                    notify("warning", item.message)
-            elif isinstance(item, Failure):
-                status.setText(f"Error: {item.message}")
-                notify("error", item.message)
-                if sess.job is None:  # nothing computed: forget the session
-                    self._sessions.pop(id(sess.source), None)
-            elif isinstance(item, Finished):
-                self._on_run_finished(sess, item.reason)
-        except Exception as exc:  # never let a display problem kill the run silently
-            log.exception("showing a result failed")
-            notify("error", f"could not show the result ({exc})")
-
-    def _on_worker_finished(self, worker) -> None:
-        if self._worker is worker:
-            self._worker, self._busy = None, None
-        self._update_buttons()
-
-    def _on_run_finished(self, sess: Session, reason: str) -> None:
-        text = FINISHED_TEXT[reason]
-        if sess.job is not None and sess.job.history is not None and reason == "converged":
-            last = sess.job.history.last
-            if last is not None:
-                from ..core.engine import CAPPED
-
-                capped = int((last.status == CAPPED).sum())
-                if capped:
-                    text += f" {capped} slice(s) hit the iteration cap."
-        self.run_controls.status.setText(text)
-        line = {"converged": "converged", "stopped": "stopped", "step": "one iteration done",
-                "nothing": "nothing to do"}[reason]
-        self.run_controls.finished(line, complete=reason == "converged")
-
-    def _apply_frame(self, sess: Session, frame: Frame) -> None:
-        sess.apply(frame)
-        following = sess.review is None or sess.review.iteration is None
-        if following:  # a chosen earlier iteration stays on screen while the history grows
-            self.presenter.show_step(sess, frame.step, frame.mask, frame.error, frame.recon)
-        if frame.total:
-            it = frame.info.iteration
-            frac = progress_fraction(frame.active, frame.total, it, sess.job.config.max_iter,
-                                     self._run_start_iteration)
-            self.run_controls.show_progress(
-                frac, f"iteration {it} · {frame.active} of {frame.total} slices left")
-        self.run_controls.status.setText(f"'{sess.source.name}': iteration "
-                                         f"{frame.info.iteration}, masked "
-                                         f"{frame.info.volume_ml:.1f} mL")
-        if self._current_session() is sess:
-            self._refresh_review()
-        if following and sess.error_scan is not None:
-            self._update_lesions(sess)
-
     # -- review -------------------------------------------------------------------------------
     def _refresh_review(self) -> None:
         self.review_panel.show_session(self._current_session())
@@ -445,43 +265,7 @@ class IterMaskWidget(QWidget):
         self.review_panel.show_iteration(sess, k)
         if k == 0 or review.cache_key(sess.job, k) in sess.errors:
             self._update_lesions(sess)  # no network pass needed: the result at once
-        self._request_step(sess, k)
-
-    def _request_step(self, sess: Session, k: int) -> None:
-        """Get history entry k's mask, error map and reconstruction on the scan's grid in a
-        worker (an earlier iteration's maps cost a network pass), coalescing requests."""
-        from napari.qt.threading import create_worker
-
-        if self._mask_worker is not None:
-            self._mask_pending = (sess, k)
-            return
-
-        def compute():
-            if k == 0:
-                return k, sess.job.volume.scan_brain, None, None
-            error, recon = review.maps_at(sess, k)
-            return k, sess.job.mask_on_scan(k), error, recon
-
-        worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(partial(self._on_step_ready, sess))
-        worker.errored.connect(lambda exc: notify("error", str(exc)))
-        worker.finished.connect(self._on_mask_worker_done)
-        self._mask_worker = worker
-        worker.start()
-
-    def _on_step_ready(self, sess: Session, result) -> None:
-        k, mask, error, recon = result
-        if self._alive(sess) and self._mask_pending is None:
-            self.presenter.show_step(sess, k, mask, error, recon)
-            self._update_lesions(sess)
-
-    def _on_mask_worker_done(self) -> None:
-        self._mask_worker = None
-        if self._mask_pending is not None:
-            sess, k = self._mask_pending
-            self._mask_pending = None
-            if self._alive(sess):
-                self._request_step(sess, k)
+        self.runner.request_step(sess, k)
 
     def _on_threshold(self, value: float) -> None:
         sess = self._edit_review(threshold=float(value))
@@ -569,85 +353,21 @@ class IterMaskWidget(QWidget):
         if sess.steps:
             last = len(sess.steps) - 1
             self.review_panel.show_iteration(sess, last)
-            self._request_step(sess, last)
+            self.runner.request_step(sess, last)
             self._update_lesions(sess)
 
-    # -- accept / export ----------------------------------------------------------------------
+    # -- accept / export (actions) ---------------------------------------------------------
     def accept_result(self):
         """Copy the current result into an editable '<name> lesions (accepted)' layer."""
-        from ..errors import ItermaskError
-
-        sess = self._current_session()
-        if sess is None or sess.error_scan is None or sess.review is None:
-            notify("warning", "nothing to accept yet: Run first")
-            return None
-        existing = self.presenter.layer(sess, "accepted")
-        if existing is not None and not self.confirm(
-                "Replace accepted labels?",
-                f"'{existing.name}' may hold your edits. Replace it with the current result?"):
-            return None
-        try:
-            acc = review.accept(sess)
-        except ItermaskError as exc:
-            notify("error", str(exc))
-            return None
-        prov = review.provenance(sess, acc.params, acc.labels)
-        layer = self.presenter.show_accepted(sess, acc.labels, prov)
-        self.run_controls.status.setText(f"Accepted as '{layer.name}' ({prov['result']}): edit "
-                                         "it with the brush, then Export.")
-        return layer
-
-    def _ask_export_path(self, default: str) -> str | None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export lesions", default, "NIfTI (*.nii.gz *.nii)",
-            options=QFileDialog.Option.DontConfirmOverwrite)  # we ask (about the sidecar too)
-        return path or None
+        return actions.accept_result(self)
 
     def export_result(self, path: str | None = None):
-        """Write the accepted layer (else the current result) as NIfTI, a JSON sidecar that
-        records what produced it (``itermask segment --params`` replays it) and the lesion
-        table as CSV."""
-        from ..errors import ItermaskError
-        from ..export import sidecar_path
-        from ..lesion_table import table_path
+        """Write the accepted layer (else the current result) as NIfTI, its JSON sidecar and
+        the lesion table as CSV (``actions.export_result``)."""
+        return actions.export_result(self, path)
 
-        sess = self._current_session()
-        if sess is None or sess.error_scan is None or sess.review is None:
-            notify("warning", "nothing to export yet: Run first")
-            return None
-        accepted = self.presenter.layer(sess, "accepted")
-        labels = None
-        if accepted is None:
-            sess.accepted = None  # its layer is gone: export what the review shows now
-        else:
-            labels = from_layer_shape(accepted.data, sess.source).reshape(
-                sess.job.scan.data.shape)
-        if path is None:
-            folder = self._settings.get("export_dir") or str(Path.home())
-            meta_path = (sess.source.metadata or {}).get("path")
-            stem = layer_stem(meta_path) if meta_path else sess.source.name.replace(" ", "_")
-            path = self.ask_export_path(str(Path(folder) / f"{stem}_lesions.nii.gz"))
-            if not path:
-                return None
-        target = Path(path)
-        if not target.name.lower().endswith((".nii", ".nii.gz")):
-            target = target.with_name(target.name + ".nii.gz")
-        existing = [p for p in (target, sidecar_path(target), table_path(target)) if p.exists()]
-        if existing and not self.confirm(
-                "Replace existing files?",
-                "These exist and would be replaced:\n" + "\n".join(map(str, existing))):
-            return None
-        try:
-            written = review.export(sess, target, labels, overwrite=bool(existing))
-        except ItermaskError as exc:
-            notify("error", str(exc))
-            return None
-        self._settings["export_dir"] = str(target.parent)
-        save_settings({"export_dir": str(target.parent)})
-        notify("info", f"saved {Path(written[0]).name}, its sidecar and lesion table in "
-                       f"{target.parent}")
-        self.run_controls.status.setText(f"Exported {target.name} (+ .json, .csv).")
-        return written
+    def _ask_export_path(self, default: str) -> str | None:
+        return actions.ask_export_path(self, default)
 
     # -- misc ---------------------------------------------------------------------------------
     def _update_buttons(self) -> None:

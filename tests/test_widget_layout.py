@@ -41,6 +41,28 @@ def _clipped(root) -> list[str]:
     return out
 
 
+def _combo_clipped(root) -> list[str]:
+    """Visible combo boxes whose shown text (all items, for the review's short source list) is
+    wider than their text field."""
+    from qtpy.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox
+
+    out = []
+    for combo in root.findChildren(QComboBox):
+        if not combo.isVisible() or combo.width() == 0:
+            continue
+        opt = QStyleOptionComboBox()
+        combo.initStyleOption(opt)
+        field = combo.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, opt,
+                                             QStyle.SubControl.SC_ComboBoxEditField, combo)
+        every = combo.objectName() == "itermask-source"
+        texts = [combo.itemText(i) for i in range(combo.count())] if every else [
+            combo.currentText()]
+        out += [f"QComboBox {t!r}: needs {combo.fontMetrics().horizontalAdvance(t)} px, has "
+                f"{field.width()}" for t in texts
+                if combo.fontMetrics().horizontalAdvance(t) > field.width()]
+    return out
+
+
 def _keep(path: Path) -> Path:
     folder = os.environ.get("ITERMASK_SCREENSHOT_DIR")
     if folder:
@@ -79,6 +101,10 @@ def test_nothing_clipped_at_the_default_width_and_screenshot(make_napari_viewer,
     qtbot.wait(300)
     # the dock is as wide as napari gives it by default; everything fits that width
     assert not _clipped(dock), "\n".join(_clipped(dock))
+    assert not _combo_clipped(dock), "\n".join(_combo_clipped(dock))
+    table = w.review_panel.table  # every column of the lesion table fits, no sideways scroll
+    assert table.horizontalScrollBar().maximum() == 0, [
+        table.columnWidth(c) for c in range(table.columnCount())]
     from qtpy.QtWidgets import QLabel
 
     assert any(TITLE in lbl.text() for lbl in dock.findChildren(QLabel) if lbl.isVisible())
@@ -156,3 +182,10 @@ def test_what_a_clinician_sees(make_napari_viewer, qtbot, tiny_model, small_case
     rp.min_size_spin.setValue(10**6)  # nothing that large: an empty table, Dice 0
     qtbot.waitUntil(lambda: rp.table.rowCount() == 0, timeout=5_000)
     assert "0.000" in rp.dice_label.text() and "mL" in rp.min_size_hint.text()
+    # iteration 0 has no error map: no result, so neither a table nor a Dice of 0
+    rp.min_size_spin.setValue(0)
+    qtbot.waitUntil(lambda: rp.table.rowCount() > 0, timeout=5_000)
+    rp.iter_slider.setValue(0)
+    qtbot.waitUntil(lambda: w._mask_worker is None and rp.table.rowCount() == 0
+                    and not w._table_timer.isActive(), timeout=10_000)
+    assert "iteration 0" in rp.stats_label.text() and not rp.dice_label.isVisibleTo(w)

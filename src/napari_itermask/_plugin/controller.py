@@ -286,27 +286,30 @@ class IterMaskWidget(QWidget):
             self._update_lesions(sess)
 
     def _result(self, sess: Session):
-        """(labels on the scan's grid, summary line) of the session's review, or an empty map
-        with the reason when the choice makes no result (e.g. the error of iteration 0)."""
+        """(labels on the scan's grid, summary line, True) of the session's review, or (an
+        empty map, the reason, False) when the choice makes no result (e.g. the error of
+        iteration 0)."""
         from ..core.segmentation import lesion_stats
         from ..errors import ItermaskError
 
         try:
             labels, _ = review.lesions(sess)
         except ItermaskError as exc:
-            return np.zeros(sess.job.scan.data.shape, np.uint8), f"Lesions: – ({exc})"
+            return np.zeros(sess.job.scan.data.shape, np.uint8), f"Lesions: – ({exc})", False
         n, ml = lesion_stats(labels, sess.job.scan.voxel_volume_mm3)
-        return labels, f"Lesions: {n} · {ml:.2f} mL"
+        return labels, f"Lesions: {n} · {ml:.2f} mL", True
 
     def _update_lesions(self, sess: Session) -> None:
         """Show the session's current result (its own review state) with count and volume."""
         if sess.job is None or sess.review is None or not sess.steps:
             return
-        labels, sess.summary = self._result(sess)
-        self._shown[id(sess.source)] = (sess, labels)
+        labels, sess.summary, made = self._result(sess)
+        # no result (e.g. the error of iteration 0): an empty map on screen, no table, no Dice
+        self._shown[id(sess.source)] = (sess, labels if made else None)
         self.presenter.show_lesions(sess, labels, self.confirm)
         if self._current_session() is sess:
-            self.review_panel.show_result(sess.summary, self._dice_text(sess, labels))
+            dice = self._dice_text(sess, labels) if made else None
+            self.review_panel.show_result(sess.summary, dice)
             self._schedule_table()
 
     def _dice_text(self, sess: Session, labels) -> str | None:

@@ -40,7 +40,7 @@ from .presenter import ERROR_COLORS, ERROR_CONTROLS, error_limits
 __all__ = ["ReviewPanel", "ErrorLegend", "THRESHOLD_STEPS", "TABLE_HEADERS"]
 
 THRESHOLD_STEPS = 1000
-SOURCE_TEXTS = ("error map above the threshold", "mask of the iteration")
+SOURCE_TEXTS = ("error > threshold", "the iteration's mask")  # short: the dock is narrow
 TABLE_HEADERS = ("#", "mL", "⌀ mm", "R, A, S (mm)", "mean")
 ERROR_UNIT = "normalised intensity²"
 
@@ -150,6 +150,7 @@ class ReviewPanel(QGroupBox):
         source_row = QHBoxLayout()
         source_row.addWidget(QLabel("Lesions from"))
         self.source_combo = QComboBox()
+        self.source_combo.setObjectName("itermask-source")
         self.source_combo.addItems(SOURCE_TEXTS)
         self.source_combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -219,8 +220,9 @@ class ReviewPanel(QGroupBox):
         self.table.setMinimumHeight(90)
         self.table.setMaximumHeight(170)
         self.table.setToolTip("One row per lesion, largest first: volume, largest diameter "
-                              "(between voxel centres), centroid in scanner RAS mm, mean "
-                              "intensity; Export writes it as CSV beside the labels")
+                              "(between voxel centres), centroid in scanner RAS mm (whole mm "
+                              "here; the CSV has decimals), mean intensity; Export writes it "
+                              "as CSV beside the labels")
         rv.addWidget(self.table)
 
         actions = QHBoxLayout()
@@ -347,8 +349,9 @@ class ReviewPanel(QGroupBox):
         self.table.setRowCount(len(rows))
         for r, les in enumerate(rows):
             mean = "" if math.isnan(les.mean_intensity) else f"{les.mean_intensity:.4g}"
+            # whole mm for the centroid here, so the table fits the dock; the CSV keeps more
             cells = (str(les.lesion), f"{les.volume_ml:.3f}", f"{les.largest_diameter_mm:.1f}",
-                     ", ".join(f"{c:.1f}" for c in les.centroid_mm), mean)
+                     ", ".join(f"{c:.0f}" for c in les.centroid_mm), mean)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if c != 3:

@@ -63,6 +63,22 @@ def _combo_clipped(root) -> list[str]:
     return out
 
 
+def _assert_table_fits(panel, qtbot) -> None:
+    """Every column of the lesion table fits, without sideways scrolling or eliding, with values
+    as wide as a real scan's (the tiny model's are narrower)."""
+    from napari_itermask.lesion_table import Lesion
+
+    table = panel.table
+    panel.show_table([Lesion(i + 1, 40_000, 160.301, -120.4, -101.2, -133.9, 171.8, 1234.5678)
+                      for i in range(3)])
+    qtbot.wait(50)
+    widths = [table.columnWidth(c) for c in range(table.columnCount())]
+    assert table.horizontalScrollBar().maximum() == 0, widths
+    for c in range(table.columnCount()):
+        need = max(table.sizeHintForColumn(c), table.horizontalHeader().sectionSizeHint(c))
+        assert widths[c] >= need, (c, widths, need)
+
+
 def _keep(path: Path) -> Path:
     folder = os.environ.get("ITERMASK_SCREENSHOT_DIR")
     if folder:
@@ -102,9 +118,7 @@ def test_nothing_clipped_at_the_default_width_and_screenshot(make_napari_viewer,
     # the dock is as wide as napari gives it by default; everything fits that width
     assert not _clipped(dock), "\n".join(_clipped(dock))
     assert not _combo_clipped(dock), "\n".join(_combo_clipped(dock))
-    table = w.review_panel.table  # every column of the lesion table fits, no sideways scroll
-    assert table.horizontalScrollBar().maximum() == 0, [
-        table.columnWidth(c) for c in range(table.columnCount())]
+    _assert_table_fits(w.review_panel, qtbot)
     from qtpy.QtWidgets import QLabel
 
     assert any(TITLE in lbl.text() for lbl in dock.findChildren(QLabel) if lbl.isVisible())
@@ -122,6 +136,24 @@ def test_nothing_clipped_at_the_default_width_and_screenshot(make_napari_viewer,
     _keep(review_shot)
     canvas = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
     assert canvas.mean() > 5 and canvas.std() > 10  # a drawn brain, not a black canvas
+
+
+def test_nothing_clipped_when_docked_as_the_demo_docks_it(make_napari_viewer, qtbot,
+                                                          small_case):
+    """``itermask demo`` and scripts/screenshots.py dock the widget under its bare title, which
+    gives a narrower dock than the Plugins menu (whose title adds the plugin's name)."""
+    from napari_itermask._plugin import TITLE, IterMaskWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    add_case(viewer, small_case)
+    w = IterMaskWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name=TITLE, area="right")
+    qtbot.waitUntil(dock.isVisible, timeout=10_000)
+    qtbot.wait(300)
+    assert not _clipped(dock), "\n".join(_clipped(dock))
+    assert not _combo_clipped(dock), "\n".join(_combo_clipped(dock))
+    _assert_table_fits(w.review_panel, qtbot)
 
 
 def test_what_a_clinician_sees(make_napari_viewer, qtbot, tiny_model, small_case):

@@ -41,7 +41,8 @@ __all__ = ["ReviewPanel", "ErrorLegend", "THRESHOLD_STEPS", "TABLE_HEADERS"]
 
 THRESHOLD_STEPS = 1000
 SOURCE_TEXTS = ("error > threshold", "the iteration's mask")  # short: the dock is narrow
-TABLE_HEADERS = ("#", "mL", "⌀ mm", "R, A, S (mm)", "mean")
+TABLE_HEADERS = ("#", "mL", "⌀ mm", "RAS mm", "mean")
+CENTROID_COLUMN = 3
 ERROR_UNIT = "normalised intensity²"
 
 TAU_HELP = ("τ: a pixel whose reconstruction error stays below τ is declared normal and "
@@ -214,9 +215,13 @@ class ReviewPanel(QGroupBox):
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.horizontalHeader().setSectionResizeMode(
-            QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # numbers keep their width; the centroid column takes what is left (it elides, rather
+        # than the table scrolling sideways, on a dock narrower than the default)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(CENTROID_COLUMN, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(False)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.setMinimumHeight(90)
         self.table.setMaximumHeight(170)
         self.table.setToolTip("One row per lesion, largest first: volume, largest diameter "
@@ -354,7 +359,7 @@ class ReviewPanel(QGroupBox):
                      ", ".join(f"{c:.0f}" for c in les.centroid_mm), mean)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                if c != 3:
+                if c != CENTROID_COLUMN:
                     item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight
                                               | Qt.AlignmentFlag.AlignVCenter))
                 self.table.setItem(r, c, item)

@@ -25,6 +25,7 @@ palette when needed to stay under 300 KB.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
     from napari_itermask._sample_data import SAMPLE_STRATUM, case_layers, sample_seed
 
     tmp = Path(tempfile.mkdtemp(prefix="itermask-shots-"))
+    # the widget persists its choices: keep them in the temporary folder, never in the
+    # developer's own settings
+    os.environ["ITERMASK_CONFIG_DIR"] = str(tmp / "config")
     model = _pick_model(args.model, tmp)
     case = synth.make_case("flair", sample_seed(), stratum=SAMPLE_STRATUM)
     viewer = napari.Viewer(title="napari-itermask", show=True)

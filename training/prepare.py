@@ -25,6 +25,7 @@ import numpy as np
 
 from napari_itermask.core.metrics import CENTRAL_SLAB, slab_slices
 from napari_itermask.models import ModelCard
+from napari_itermask.names import is_nifti
 from napari_itermask.volume import load_scan, scan_from_array, to_model_grid
 
 from .common import SliceSet, log, split_seeds
@@ -90,7 +91,7 @@ def from_synth(modality: str, seeds, args, *, lesions: bool = False) -> SliceSet
 
 
 def from_folder(folder: Path, args) -> SliceSet:
-    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    files = sorted(p for p in folder.iterdir() if is_nifti(p))
     if not files:
         raise SystemExit(f"no NIfTI files in {folder}")
     xs, bs, vids = [], [], []

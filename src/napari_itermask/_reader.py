@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._layers import image_layer_data, labels_layer_data, layer_stem
+from .names import is_nifti
 
 __all__ = ["napari_get_reader", "read_nifti", "read_dicom", "dicom_series"]
 
@@ -36,7 +37,7 @@ _LABEL_NAME = re.compile(r"(label|lesion|mask|seg|_gt\b|truth)", re.IGNORECASE)
 
 
 def _is_nifti(path) -> bool:
-    return isinstance(path, str) and path.lower().endswith((".nii", ".nii.gz"))
+    return isinstance(path, str) and is_nifti(path)
 
 
 def napari_get_reader(path):

@@ -32,6 +32,7 @@ from scipy import ndimage
 from ._hash import sha256_file
 from .core.masks import brain_mask as default_brain_mask
 from .errors import InputError
+from .names import is_nifti
 
 __all__ = [
     "Scan",
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 BACKGROUND = -3.0
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class ScanWarning(UserWarning):
@@ -73,18 +73,13 @@ def _warn(scan_notes: list[str], msg: str) -> None:
     warnings.warn(msg, ScanWarning, stacklevel=3)
 
 
-def _is_nifti_name(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(NIFTI_SUFFIXES)
-
-
 def _read_nifti(path, what: str = "scan"):
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} {path} does not exist")
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder, not a NIfTI file")
-    if not _is_nifti_name(path):
+    if not is_nifti(path):
         raise InputError(f"{what} {path.name} is not a NIfTI file (.nii or .nii.gz)")
     try:
         img = nib.load(str(path))
@@ -153,7 +148,7 @@ def load_scan(path, series=None) -> Scan:
     from 1 or its SeriesInstanceUID, needed when there are several; see ``dicom.py``); raises
     InputError with one readable line for unusable input."""
     path = Path(path)
-    if path.exists() and not _is_nifti_name(path):
+    if path.exists() and not is_nifti(path):
         from . import dicom
 
         if dicom.is_dicom_source(path):

@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from .. import review
 from .._layers import from_layer_shape, layer_stem
+from ..names import is_nifti
 from .._settings import save_settings
 from .common import notify
 
@@ -80,7 +81,7 @@ def export_result(host, path: str | None = None):
         if not path:
             return None
     target = Path(path)
-    if not target.name.lower().endswith((".nii", ".nii.gz")):
+    if not is_nifti(target):
         target = target.with_name(target.name + ".nii.gz")
     existing = [p for p in (target, sidecar_path(target), table_path(target)) if p.exists()]
     if existing and not host.confirm(

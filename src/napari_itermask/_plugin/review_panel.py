@@ -101,7 +101,7 @@ class ErrorLegend(QWidget):
 
 
 class ReviewPanel(QGroupBox):
-    """The review of one image's run (paper §3); all values live in that image's session."""
+    """The review of one image's run (docs/method.md §8); its values live in its session."""
 
     iteration_chosen = Signal(int)
     threshold_chosen = Signal(float)
@@ -141,7 +141,7 @@ class ReviewPanel(QGroupBox):
         rv.addLayout(tau_row)
         self.continue_btn = QPushButton("Continue with higher τ")
         self.continue_btn.setToolTip("Resume from the last iteration with this τ; the history "
-                                     "grows (paper §3)")
+                                     "grows (docs/method.md §8)")
         self.continue_btn.clicked.connect(self.continue_clicked)
         rv.addWidget(self.continue_btn)
         self.tau_default_label = hint()

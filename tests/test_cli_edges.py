@@ -84,8 +84,8 @@ def test_demo_without_display_exits_cleanly_in_a_real_process(tmp_path):
 
 
 # -- demo --headless progress ------------------------------------------------------------------
-PROGRESS = re.compile(r"^demo: iteration (\d+), (\d+)/(\d+) slices still shrinking, "
-                      r"(\d+\.\d) s$")
+PROGRESS = re.compile(r"^demo: (\d+) % · iteration (\d+) · (\d+) of (\d+) slices left · "
+                      r"(\d+):(\d\d)$")
 
 
 def test_headless_demo_shows_progress_and_the_same_result_as_segment_scan(
@@ -95,10 +95,13 @@ def test_headless_demo_shows_progress_and_the_same_result_as_segment_scan(
     assert code == 0, err
     progress = [PROGRESS.match(ln) for ln in lines(err) if ln.startswith("demo:")]
     assert progress and all(progress), err
-    iterations = [int(m.group(1)) for m in progress]
+    iterations = [int(m.group(2)) for m in progress]
     assert iterations == list(range(1, len(iterations) + 1))
-    assert int(progress[-1].group(2)) == 0  # the last line is the finished state
-    seconds = [float(m.group(4)) for m in progress]
+    assert int(progress[-1].group(3)) == 0  # the last line is the finished state
+    assert int(progress[-1].group(1)) == 100
+    percents = [int(m.group(1)) for m in progress]
+    assert percents == sorted(percents)  # never goes back
+    seconds = [60 * int(m.group(5)) + int(m.group(6)) for m in progress]
     assert seconds == sorted(seconds)
 
     from napari_itermask import synth
@@ -116,15 +119,30 @@ def test_headless_demo_shows_progress_and_the_same_result_as_segment_scan(
 
 
 def test_progress_is_printed_at_most_once_per_interval_and_always_at_the_end(capsys):
+    from napari_itermask.progress import Printer
+
     clock = iter([0.0] + [0.25 * i for i in range(12)])  # start, then one state per 0.25 s
-    printer = demo.Progress("demo", interval=1.0, clock=lambda: next(clock))
+    printer = Printer("demo", max_iter=20, interval=1.0, clock=lambda: next(clock))
     for i in range(12):
         active = np.array([i < 11] * 3 + [False])
-        printer(SimpleNamespace(iteration=i + 1, active=active, done=not active.any()))
+        printer(SimpleNamespace(iteration=i + 1, active=active))
+    printer.finish()  # nothing open: not a terminal
     shown = lines(capsys.readouterr().err)
-    assert [int(PROGRESS.match(ln).group(1)) for ln in shown] == [1, 5, 9, 12]
-    assert shown[0] == "demo: iteration 1, 3/4 slices still shrinking, 0.0 s"
-    assert shown[-1] == "demo: iteration 12, 0/4 slices still shrinking, 2.8 s"
+    assert [int(PROGRESS.match(ln).group(2)) for ln in shown] == [1, 5, 9, 12]
+    # 1 of 4 slices done, 3 shrinking at 1/20 of the cap: (1 + 3 × 0.05) / 4
+    assert shown[0] == "demo: 29 % · iteration 1 · 3 of 4 slices left · 0:00"
+    assert shown[-1] == "demo: 100 % · iteration 12 · 0 of 4 slices left · 0:03"
+
+
+def test_segment_reports_progress_with_fraction_slices_left_and_time(tmp_path, capsys,
+                                                                    phantom_nifti,
+                                                                    tiny_model_dir):
+    code, _, err = run_cli(capsys, "segment", phantom_nifti[0], "-o", tmp_path / "o.nii.gz",
+                           "--model", tiny_model_dir)
+    assert code == 0, err
+    shown = [ln for ln in err.replace("\r", "\n").splitlines() if " slices left · " in ln]
+    assert shown and shown[-1].startswith(f"{phantom_nifti[0].name}: 100 % · iteration ")
+    assert " 0 of " in shown[-1]
 
 
 # -- which model segment runs ----------------------------------------------------------------

@@ -88,7 +88,7 @@ def _keep(path: Path) -> Path:
 
 
 def test_progress_fraction_moves_and_ends_at_one():
-    from napari_itermask._plugin.run_controls import format_elapsed, progress_fraction
+    from napari_itermask.progress import format_elapsed, progress_fraction
 
     # 10 slices, cap 6: a run where slices finish one by one
     seq = [progress_fraction(active, 10, it, 6) for it, active in

@@ -17,6 +17,7 @@ from . import __version__
 from .errors import InputError, ItermaskError, OutputError
 from .names import nifti_stem as _nifti_stem
 from .names import scan_stem, tagged_nifti
+from .progress import Printer
 
 EXIT_ERROR = 1
 DEFAULT_MODEL = "flair"
@@ -235,19 +236,16 @@ def _segment_all(args, inputs, targets) -> int:
             print(f"warning: {inp.name} looks like a {hint} scan (file name) but model "
                   f"{bundle.name!r} is for {bundle.card.modality} scans{extra}", file=sys.stderr)
 
-        def progress(state, _name=inp.name):
-            if not args.quiet:
-                active = int(state.active.sum())
-                print(f"\r{_name}: iteration {state.iteration}, {active} slices still shrinking ",
-                      end="", file=sys.stderr, flush=True)
+        progress = None if args.quiet else Printer(
+            inp.name, args.run_params.max_iter or bundle.card.max_iter)
 
         if args.sidecar is not None:
             _replay_checks(args.sidecar, bundle, scan, args)
         res = segment_scan(scan, bundle, args.run_params, brain_mask=mask,
                            brain_mask_source=str(args.brain_mask) if args.brain_mask else None,
                            batch_size=args.batch_size, progress=progress)
-        if not args.quiet:
-            print(file=sys.stderr)
+        if progress is not None:
+            progress.finish()
         prov = res.provenance
         table = lesion_table(res.labels, scan.affine, scan.data)  # CSV beside the labels
         prov["lesion_table"] = table_summary(table, check_table_target(target, args.overwrite).name)

@@ -16,6 +16,7 @@ import sys
 import time
 
 from .errors import ItermaskError
+from .progress import Printer
 
 #: Seconds between two progress lines of a headless run (the last state is always shown).
 PROGRESS_INTERVAL_S = 1.0
@@ -42,35 +43,6 @@ def display_problem(env=None, platform: str | None = None) -> str | None:
             "session or under xvfb-run")
 
 
-class Progress:
-    """Prints 'iteration k, n/N slices still shrinking, t s' to stderr, at most once per
-    ``interval`` seconds, plus the final state; overwrites one line on a terminal."""
-
-    def __init__(self, label: str, interval: float | None = None, stream=None,
-                 clock=time.perf_counter):
-        self.label = label
-        self.interval = PROGRESS_INTERVAL_S if interval is None else interval
-        self.stream = sys.stderr if stream is None else stream
-        self.clock = clock
-        self.start = clock()
-        self.last: float | None = None
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-
-    def __call__(self, state) -> None:
-        now = self.clock()
-        if not (self.last is None or now - self.last >= self.interval or state.done):
-            return
-        self.last = now
-        active = int(state.active.sum())
-        line = (f"{self.label}: iteration {state.iteration}, {active}/{state.active.size} "
-                f"slices still shrinking, {now - self.start:.1f} s")
-        if self.tty:
-            end = "\n" if state.done else ""
-            print(f"\r{line} ", end=end, file=self.stream, flush=True)
-        else:
-            print(line, file=self.stream, flush=True)
-
-
 def run_demo(headless: bool = False, modality: str = "flair", seed: int | None = None,
              model: str | None = None, device: str = "auto", stratum: str = "glioma") -> int:
     if not headless:  # first: before seconds of imports, and before Qt can abort the process
@@ -95,7 +67,8 @@ def run_demo(headless: bool = False, modality: str = "flair", seed: int | None =
         print(f"WARNING: {warning}", file=sys.stderr)
     scan = scan_from_array(case.image, case.affine, name=f"sample {modality}")
     t0 = time.perf_counter()
-    res = segment_scan(scan, bundle, progress=Progress("demo"))
+    res = segment_scan(scan, bundle, progress=Printer("demo", bundle.card.max_iter,
+                                                      interval=PROGRESS_INTERVAL_S))
     dt = time.perf_counter() - t0
     gt = case.label > 0
     pred = res.labels > 0

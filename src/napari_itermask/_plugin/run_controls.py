@@ -1,10 +1,8 @@
 """The run controls: Run, Step, Stop, Reset, and progress with iteration, slices left and time.
 
-Progress. A slice is done when its mask stops shrinking (or it hits the iteration cap); the
-fraction counts done slices fully and each slice still shrinking by how far its iterations have
-gone towards the cap (``progress_fraction``). It never goes back during a run and reaches 1 when
-every slice is done. The line under the bar says the iteration, the slices left and the time
-so far; the clock ticks once a second while a run is in progress.
+Progress is ``napari_itermask.progress`` (the same arithmetic as the CLI's): the bar shows the
+fraction done, the line under it the iteration, the slices left and the time so far; the clock
+ticks once a second while a run is in progress.
 """
 
 from __future__ import annotations
@@ -14,30 +12,12 @@ import time
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from ..progress import format_elapsed, progress_fraction
 from .common import hint
 
 __all__ = ["RunControls", "progress_fraction", "format_elapsed"]
 
 STEPS = 1000  # progress bar resolution
-
-
-def progress_fraction(active: int, total: int, iteration: int, max_iter: int,
-                      start_iteration: int = 0) -> float:
-    """Share of the run done: finished slices count 1, shrinking ones iterations/cap (from the
-    iteration this run started at, so a Continue starts a fresh bar)."""
-    if total <= 0:
-        return 0.0
-    span = max_iter - start_iteration if max_iter > start_iteration else max(max_iter, 1)
-    along = min(1.0, max(0.0, (iteration - start_iteration) / span))
-    done = total - active
-    return min(1.0, (done + active * along) / total)
-
-
-def format_elapsed(seconds: float) -> str:
-    s = int(round(seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class RunControls(QWidget):

@@ -157,3 +157,20 @@ def test_bundled_models_are_trained_calibrated_and_say_what_they_are():
         assert card.threshold_derivation["data"]["lesions"] is False  # healthy data only
         assert "synthetic" in card.intended_use and "your own healthy scans" in card.intended_use
         assert (bundled_dir() / name / WEIGHTS_NAME).stat().st_size < 5_000_000
+
+
+def test_listing_models_and_help_do_not_import_torch():
+    """`itermask --help` and `itermask models` start without torch (its import is most of a
+    second); the networks load it only when a bundle is opened."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from napari_itermask import cli\n"
+            "assert cli.main(['models']) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "from napari_itermask.models import load_bundle\n"
+            "assert 'torch' in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]

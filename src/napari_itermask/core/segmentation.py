@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .polarity import POLARITIES
+
 __all__ = [
     "POLARITIES",
     "squared_error",
@@ -22,8 +24,6 @@ __all__ = [
     "lesion_stats",
 ]
 
-
-POLARITIES = ("both", "bright", "dark")
 
 
 def squared_error(x, recon, polarity: str = "both"):

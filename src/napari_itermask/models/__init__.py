@@ -5,7 +5,6 @@ where bundled and user models are found.
 """
 
 from .._hash import sha256_file
-from .bundle import ModelBundle, load_bundle, save_bundle
 from .card import (
     CARD_NAME,
     FORMAT,
@@ -23,6 +22,19 @@ from .locations import (
     resolve_model,
     user_dir,
 )
+
+_BUNDLE = ("ModelBundle", "load_bundle", "save_bundle")
+
+
+def __getattr__(name):
+    # the networks need torch; cards, listings and locations do not (``itermask models`` and
+    # ``--help`` start in a fraction of a second)
+    if name in _BUNDLE:
+        from . import bundle
+
+        return getattr(bundle, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CARD_NAME",

@@ -16,8 +16,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.segmentation import POLARITIES
-from ..core.unet import PRESETS, UNetConfig
+from ..core.polarity import POLARITIES
+from ..core.unet_config import PRESETS, UNetConfig
 from ..errors import ModelError, ModelFormatError, UnsafeModelError
 from .untrusted import pickle_kind
 

@@ -27,6 +27,7 @@ from napari_itermask.dicom import (  # noqa: E402
 )
 from napari_itermask.errors import InputError  # noqa: E402
 from napari_itermask.volume import load_scan  # noqa: E402
+from _geometry import rotation
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -86,17 +87,6 @@ def write_series(folder, data, affine, *, description="T2 FLAIR", series_uid=Non
     return series_uid
 
 
-def rotation(ax, ay, az) -> np.ndarray:
-    out = np.eye(3)
-    for axis, a in enumerate((ax, ay, az)):
-        c, s = np.cos(a), np.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        m = np.eye(3)
-        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-        out = m @ out
-    return out
-
-
 def lps_affine(lin_lps, origin_lps) -> np.ndarray:
     """RAS affine of a volume whose voxel axes are ``lin_lps``'s columns in LPS."""
     a = np.eye(4)
@@ -113,7 +103,7 @@ ORIENTATIONS = {
     "sagittal": lps_affine(np.array([[0, 0, -2.5], [1.1, 0, 0], [0, -1.2, 0]]),
                            [-15.0, -25.0, 40.0]),
     # oblique: an axial stack tilted by three angles, anisotropic voxels, far from the origin
-    "oblique": lps_affine(rotation(0.2, -0.35, 0.5) @ np.diag([1.05, 0.85, 2.2]),
+    "oblique": lps_affine(rotation((0.2, -0.35, 0.5)) @ np.diag([1.05, 0.85, 2.2]),
                           [-118.731, 96.1234, -204.5]),
 }
 

@@ -20,6 +20,7 @@ pytest.importorskip("pydicom")
 from test_dicom import LPS_TO_RAS, write_series  # noqa: E402
 
 from napari_itermask.volume import ScanWarning, load_scan  # noqa: E402
+from _geometry import rotation
 
 SETTINGS = {
     "deadline": None,
@@ -28,17 +29,6 @@ SETTINGS = {
     "max_examples": 30,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 }
-
-
-def rotation(angles) -> np.ndarray:
-    out = np.eye(3)
-    for axis, a in enumerate(angles):
-        c, s = np.cos(a), np.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        m = np.eye(3)
-        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-        out = m @ out
-    return out
 
 
 @st.composite

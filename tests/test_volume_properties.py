@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from napari_itermask.export import write_labels
 from napari_itermask.volume import Geometry, ScanWarning, load_scan, scan_from_array, to_model_grid
+from _geometry import rotation
 
 SETTINGS = {
     "deadline": None,
@@ -26,18 +27,6 @@ SETTINGS = {
     "database": None,  # no .hypothesis folder written
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 }
-
-
-def rotation(angles) -> np.ndarray:
-    """Rotation matrix from three angles (radians) about x, y, z in turn."""
-    out = np.eye(3)
-    for axis, a in enumerate(angles):
-        c, s = np.cos(a), np.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        r = np.eye(3)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        out = r @ out
-    return out
 
 
 def signed_permutation(perm, flips) -> np.ndarray:

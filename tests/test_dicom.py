@@ -27,7 +27,7 @@ from napari_itermask.dicom import (  # noqa: E402
 )
 from napari_itermask.errors import InputError  # noqa: E402
 from napari_itermask.volume import load_scan  # noqa: E402
-from _geometry import rotation
+from _geometry import rotation  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -76,7 +76,10 @@ def test_several_inputs_go_to_a_folder(tmp_path, capsys, phantom_nifti, tiny_mod
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == [
         "other_lesions.csv", "other_lesions.json", "other_lesions.nii.gz",
-        "scan_lesions.csv", "scan_lesions.json", "scan_lesions.nii.gz"]
+        "scan_lesions.csv", "scan_lesions.json", "scan_lesions.nii.gz", "summary.csv"]
+    rows = (tmp_path / "res" / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows] == [["case", "status"], ["other", "ok"],
+                                                ["scan", "ok"]]
 
 
 def test_refuses_to_overwrite(tmp_path, capsys, phantom_nifti, tiny_model_dir):

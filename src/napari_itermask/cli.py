@@ -7,6 +7,7 @@ never a traceback, and never a partial output file.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import re
 import sys
@@ -167,101 +168,205 @@ def _sidecar_model(side: dict) -> str:
     return str(side["model"])
 
 
+def _is_cohort(args) -> bool:
+    """Whether ``segment`` runs as a cohort (-o a folder, a summary CSV, bad scans skipped):
+    any cohort flag, several inputs, or a glob. One plain input keeps the single-scan form."""
+    if (args.folder or args.manifest or args.shard or args.summary or args.dask_scheduler
+            or args.skip_existing or len(args.inputs) != 1):
+        return True
+    first = args.inputs[0]
+    return not Path(first).exists() and glob.has_magic(first)
+
+
 def cmd_segment(args) -> int:
-    inputs = [Path(p) for p in args.inputs]
-    out = Path(args.output)
     args.run_params, args.sidecar = run_params(args)  # bad values stop here, before any work
-    if args.sidecar is not None and len(inputs) > 1:
-        raise InputError("--params replays one scan's result: give one input")
-    if len(inputs) > 1:
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"{out} is not a folder; with several inputs -o must name a folder")
-        if args.brain_mask:
-            raise InputError("--brain-mask applies to a single input only")
-        targets = [out / _out_name(p) for p in inputs]
-        if len(set(targets)) != len(targets):
-            raise InputError("two inputs share a file name; their outputs would collide")
-    else:
-        if out.is_dir():
-            raise OutputError(f"{out} is a folder; with one input -o names the label file")
-        targets = [out]
-    # validate everything before any work: inputs readable, targets writable
-    for p in inputs:
-        if not (p.is_file() or p.is_dir()):  # a folder: a DICOM series
-            raise InputError(f"input {p} does not exist" if not p.exists()
-                             else f"{p} is not a file")
+    if not (args.inputs or args.folder or args.manifest):
+        raise InputError("nothing to segment: give INPUT scan(s), --folder DIR or "
+                         "--manifest CSV")
+    if _is_cohort(args):
+        return _segment_cohort(args)
+    inp, out = Path(args.inputs[0]), Path(args.output)
+    if out.is_dir():
+        raise OutputError(f"{out} is a folder; with one input -o names the label file")
+    # validate everything before any work: input readable, target writable
+    if not (inp.is_file() or inp.is_dir()):  # a folder: a DICOM series
+        raise InputError(f"input {inp} does not exist" if not inp.exists()
+                         else f"{inp} is not a file")
     # missing output folders are created (and removed again, if still empty, on a failure)
-    created = _make_folder(out if len(inputs) > 1 else (out.parent if str(out.parent) else
-                                                        Path(".")))
+    created = _make_folder(out.parent if str(out.parent) else Path("."))
     try:
-        return _segment_all(args, inputs, targets)
+        return _segment_one(args, inp, out)
     except BaseException:
         _remove_if_empty(created)
         raise
 
 
-def _segment_all(args, inputs, targets) -> int:
-    from .export import check_target, sidecar_path, write_image, write_labels
-    from .lesion_table import check_table_target, lesion_table, write_table
-    from .lesion_table import summary as table_summary
-    from .pipeline import pick_device, segment_scan
+def _segment_one(args, inp: Path, target: Path) -> int:
+    from .cohort import segment_and_write
+    from .export import check_target, sidecar_path
+    from .pipeline import pick_device
     from .volume import load_brain_mask, load_scan
 
-    for t in targets:
-        check_target(t, args.overwrite)
-        err_path = _error_map_path(t)
-        if args.save_error_map and err_path.exists() and not args.overwrite:
-            raise OutputError(f"{err_path} exists; pass --overwrite to replace it")
-
+    check_target(target, args.overwrite)
+    err_path = _error_map_path(target)
+    if args.save_error_map and err_path.exists() and not args.overwrite:
+        raise OutputError(f"{err_path} exists; pass --overwrite to replace it")
     pick_device(args.device)  # fail early on a device that is not there
-    bundles: dict[str, object] = {}
-    for inp, target in zip(inputs, targets):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            scan = load_scan(inp, series=args.series)
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-        mask = load_brain_mask(args.brain_mask, scan) if args.brain_mask else None
-        if args.sidecar is not None and not args.model:
-            spec, hint, why = _sidecar_model(args.sidecar), None, f"from {args.params}"
-            hints = contrast_hints(inp)
-            hint = next(iter(hints)) if len(hints) == 1 else None
-        else:
-            spec, hint, why = choose_model(inp, args.model)
-        if spec not in bundles:  # after the first scan is known to be usable
-            bundles[spec] = _load_model(spec, args.device, args.quiet or bool(bundles), why)
-        bundle = bundles[spec]
-        if hint and hint != bundle.card.modality:
-            extra = "" if hint in BUNDLED_FOR else f"; no bundled model is for {hint} scans"
-            print(f"warning: {inp.name} looks like a {hint} scan (file name) but model "
-                  f"{bundle.name!r} is for {bundle.card.modality} scans{extra}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scan = load_scan(inp, series=args.series)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    mask = load_brain_mask(args.brain_mask, scan) if args.brain_mask else None
+    if args.sidecar is not None and not args.model:
+        spec, why = _sidecar_model(args.sidecar), f"from {args.params}"
+        hints = contrast_hints(inp)
+        hint = next(iter(hints)) if len(hints) == 1 else None
+    else:
+        spec, hint, why = choose_model(inp, args.model)
+    bundle = _load_model(spec, args.device, args.quiet, why)  # after the scan is known usable
+    if hint and hint != bundle.card.modality:
+        extra = "" if hint in BUNDLED_FOR else f"; no bundled model is for {hint} scans"
+        print(f"warning: {inp.name} looks like a {hint} scan (file name) but model "
+              f"{bundle.name!r} is for {bundle.card.modality} scans{extra}", file=sys.stderr)
+    progress = None if args.quiet else Printer(
+        inp.name, args.run_params.max_iter or bundle.card.max_iter)
+    if args.sidecar is not None:
+        _replay_checks(args.sidecar, bundle, scan, args)
+    prov = segment_and_write(scan, bundle, target, args.run_params, brain_mask=mask,
+                             brain_mask_source=str(args.brain_mask) if args.brain_mask else None,
+                             batch_size=args.batch_size, save_error_map=args.save_error_map,
+                             overwrite=args.overwrite, progress=progress)
+    capped = prov["slices_capped"]
+    msg = (f"{inp.name}: {prov['lesion_count']} lesion(s), {prov['lesion_volume_ml']:.2f} mL "
+           f"({prov['result']}) -> {target}")
+    if capped:
+        msg += f" ({len(capped)} slice(s) hit the iteration cap of {prov['max_iter']})"
+    print(msg)
+    if args.verbose:
+        print(f"  sidecar: {sidecar_path(target)}")
+    return 0
 
-        progress = None if args.quiet else Printer(
-            inp.name, args.run_params.max_iter or bundle.card.max_iter)
 
-        if args.sidecar is not None:
-            _replay_checks(args.sidecar, bundle, scan, args)
-        res = segment_scan(scan, bundle, args.run_params, brain_mask=mask,
-                           brain_mask_source=str(args.brain_mask) if args.brain_mask else None,
-                           batch_size=args.batch_size, progress=progress)
-        if progress is not None:
-            progress.finish()
-        prov = res.provenance
-        table = lesion_table(res.labels, scan.affine, scan.data)  # CSV beside the labels
-        prov["lesion_table"] = table_summary(table, check_table_target(target, args.overwrite).name)
-        written = write_labels(target, res.labels, scan.affine, scan.header, prov, args.overwrite)
-        written.append(write_table(target, table))
-        if args.save_error_map:
-            written.append(write_image(_error_map_path(target), res.error, scan.affine,
-                                       args.overwrite))
-        capped = prov["slices_capped"]
-        msg = (f"{inp.name}: {prov['lesion_count']} lesion(s), {prov['lesion_volume_ml']:.2f} mL "
-               f"({prov['result']}) -> {target}")
-        if capped:
-            msg += f" ({len(capped)} slice(s) hit the iteration cap of {prov['max_iter']})"
-        print(msg)
-        if args.verbose:
-            print(f"  sidecar: {sidecar_path(target)}")
+# -- cohorts (the work itself: cohort.py) ------------------------------------------------------
+def _segment_cohort(args) -> int:
+    from . import cohort
+
+    if args.sidecar is not None:
+        raise InputError("--params replays one scan's result: give one input")
+    if args.brain_mask:
+        raise InputError("--brain-mask applies to a single input only (a manifest's "
+                         "brain_mask column gives each case its own)")
+    if args.batch_size < 1:
+        raise InputError(f"batch size must be a whole number >= 1, not {args.batch_size}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is not a folder; with several inputs -o must name a folder")
+    shard = cohort.parse_shard(args.shard) if args.shard else None
+    cases = cohort.collect_cases(args.inputs, args.folder or (), args.manifest or ())
+    mine = cohort.select_shard(cases, shard)
+    summary = cohort.shard_summary_path(
+        Path(args.summary) if args.summary else out / "summary.csv", shard)
+    created = _make_folder(out)
+    created += _make_folder(summary.parent if str(summary.parent) else Path("."))
+    try:
+        return _run_cohort(args, cases, mine, shard, out, summary)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _existing_outputs(cases, out: Path, args) -> list[Path]:
+    from .cohort import case_targets
+
+    found = []
+    for case in cases:
+        if case.skip:
+            continue
+        t = case_targets(case, out)
+        if args.skip_existing and t["labels"].exists():
+            continue
+        names = ("labels", "sidecar", "table") + (("error",) if args.save_error_map else ())
+        found += [t[n] for n in names if t[n].exists()]
+    return found
+
+
+def _run_cohort(args, cases, mine, shard, out: Path, summary: Path) -> int:
+    from . import cohort
+    from .atomic import temp_file_in
+    from .volume import ScanWarning
+
+    cohort.check_summary_target(summary, args.overwrite)
+    temp_file_in(out, ".probe").unlink()  # the output folder takes files
+    if not args.overwrite:
+        clash = _existing_outputs(mine, out, args)
+        if clash:
+            raise OutputError(f"{clash[0]} exists ({len(clash)} output file(s) of these cases "
+                              "do); pass --overwrite to replace them"
+                              + ("" if args.skip_existing else
+                                 ", or --skip-existing to leave the cases done alone"))
+    if args.dask_scheduler:
+        if args.model:
+            from .models.locations import resolve_model
+
+            resolve_model(args.model)  # a missing model fails here, not in every case
+    else:
+        from .pipeline import pick_device
+
+        dev = pick_device(args.device)  # fail early on a device that is not there
+        if args.model:
+            cohort._bundle(args.model, dev)
+        if dev.type == "cpu" and not args.quiet:
+            print("note: running on CPU; a GPU is much faster (--device cuda|mps)",
+                  file=sys.stderr)
+    if shard is not None and not args.quiet:
+        print(f"shard {shard[0]}/{shard[1]}: {len(mine)} of {len(cases)} case(s)",
+              file=sys.stderr)
+    options = cohort.CaseOptions(
+        output=str(out), model=args.model, device=args.device, params=args.run_params,
+        batch_size=args.batch_size, save_error_map=args.save_error_map,
+        overwrite=args.overwrite, skip_existing=args.skip_existing, series=args.series)
+    results: dict[str, cohort.CaseResult] = {}
+    bar = cohort.CaseProgress(len(mine), enabled=not args.quiet)
+    seen_models: set[str] = set()
+    try:
+        with warnings.catch_warnings():  # a scan's warnings come back in its result
+            warnings.simplefilter("ignore", ScanWarning)
+            runner = (cohort.run_dask(mine, options, args.dask_scheduler)
+                      if args.dask_scheduler else cohort.run_serial(mine, options))
+            for r in runner:
+                results[r.case] = r
+                if r.model and r.model not in seen_models:
+                    seen_models.add(r.model)
+                    bar.write(f"model: {r.model}, {r.model_why}")
+                    if r.model_warning:
+                        bar.write(f"WARNING: {r.model_warning}")
+                for note in r.notes:
+                    bar.write(f"{r.case}: {note}")
+                if r.status == "failed":
+                    bar.write(f"itermask: {r.case}: failed: {r.message}")
+                elif r.status == "skipped" and not args.quiet:
+                    bar.write(f"itermask: {r.case}: skipped: {r.message}")
+                elif r.line:
+                    print(r.line, flush=True)
+                bar.update(r)
+    except KeyboardInterrupt:
+        bar.close()
+        for c in mine:
+            results.setdefault(c.name, cohort.CaseResult(c.name, "skipped", "not run: "
+                                                         "interrupted", input=c.path))
+        cohort.write_summary(summary, [results[c.name] for c in mine])
+        raise
+    finally:
+        bar.close()
+    ordered = [results[c.name] for c in mine]
+    cohort.write_summary(summary, ordered)
+    counts = {s: sum(r.status == s for r in ordered) for s in cohort.STATUSES}
+    print(f"{len(ordered)} case(s): {counts['ok']} ok, {counts['failed']} failed, "
+          f"{counts['skipped']} skipped; summary -> {summary}")
+    if counts["failed"]:
+        raise ItermaskError(f"{counts['failed']} of {len(ordered)} case(s) failed (see "
+                            f"{summary})")
     return 0
 
 
@@ -409,11 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("segment", help="segment lesions in one or more NIfTI scans")
-    s.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="skull-stripped NIfTI scan(s), or DICOM series (folder or .zip)")
+    s.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="skull-stripped NIfTI scan(s), or DICOM series (folder or .zip), or a "
+                        "quoted glob such as 'scans/*.nii.gz' (expanded here)")
     s.add_argument("-o", "--output", required=True,
-                   help="label file for one input; a folder for several (missing folders are "
-                        "created)")
+                   help="label file for one input; a folder for a cohort (several inputs, a "
+                        "glob, --folder or --manifest). Missing folders are created")
     s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--brain-mask", metavar="FILE", help="brain mask NIfTI on the scan's grid")
@@ -445,6 +551,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     s.add_argument("-v", "--verbose", action="store_true")
+    c = s.add_argument_group(
+        "cohorts", "Many scans: each case writes <OUT>/<case>_lesions.nii.gz (+ .json, .csv); a "
+        "bad scan is reported and skipped, the others go on; a summary CSV lists every case "
+        "(case, status ok/failed/skipped, message, lesion_count, volume_ml, iterations, "
+        "seconds, input, labels); the exit code is 1 if any case failed. Cases run in the "
+        "order of their names")
+    c.add_argument("--folder", action="append", metavar="DIR",
+                   help="every NIfTI file, DICOM zip and DICOM series folder directly in DIR "
+                        "is a case (names ending in _label, _lesions, _seg, _mask or _error "
+                        "are listed as skipped); a folder given as INPUT is one DICOM series")
+    c.add_argument("--manifest", action="append", metavar="CSV",
+                   help="a CSV with a path column (relative to the CSV's folder) and optional "
+                        "case (names the outputs), brain_mask and model columns (a row's model "
+                        "wins over --model)")
+    c.add_argument("--summary", metavar="CSV",
+                   help="the summary CSV (default: OUT/summary.csv); never replaced without "
+                        "--overwrite")
+    c.add_argument("--skip-existing", action="store_true",
+                   help="cases whose labels exist are not run again (status skipped, figures "
+                        "from their sidecar): resume an interrupted cohort")
+    c.add_argument("--shard", metavar="I/N",
+                   help="run only shard I of N (0 <= I < N), for scheduler job arrays: case k "
+                        "of the name-sorted cohort goes to shard k mod N; the summary becomes "
+                        "summary.shard-I-of-N.csv")
+    c.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="run the cases on an existing dask.distributed cluster (e.g. "
+                        "tcp://host:8786; pip install 'napari-itermask[distributed]'); its "
+                        "workers must see the same paths")
     s.set_defaults(func=cmd_segment)
 
     m = sub.add_parser("models", help="list bundled and user models with their cards")

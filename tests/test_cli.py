@@ -10,21 +10,8 @@ import numpy as np
 import pytest
 
 from napari_itermask import __version__
-from napari_itermask.cli import main
 from conftest import phantom
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err):
-    assert code != 0
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("itermask: error:") and "Traceback" not in err
+from _cli_support import assert_one_line_error, run_cli
 
 
 def test_segment_end_to_end(tmp_path, capsys, phantom_nifti, tiny_model_dir):

@@ -19,16 +19,7 @@ from conftest import perturbed_bundle, phantom
 from napari_itermask import demo
 from napari_itermask.cli import contrast_hints, main, pairing_stem
 from napari_itermask._sample_data import sample_seed
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def lines(text):
-    return [ln for ln in text.strip().splitlines() if ln.strip()]
+from _cli_support import lines, run_cli
 
 
 def small_scan(path, seed=0):

@@ -14,18 +14,8 @@ import pytest
 from conftest import perturbed_bundle, phantom
 
 from napari_itermask import cohort
-from napari_itermask.cli import main
 from napari_itermask.cohort import Case, CaseOptions, CaseProgress, CaseResult
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def lines(text):
-    return [ln for ln in text.strip().splitlines() if ln.strip()]
+from _cli_support import lines, run_cli
 
 
 def small_scan(path, seed=0, affine=None):

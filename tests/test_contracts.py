@@ -211,8 +211,13 @@ def test_every_imported_package_is_a_declared_dependency():
 
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    # required dependencies, and the optional extras (imported only by the feature they name,
+    # with a one-line error saying which extra to install when it is missing)
+    requirements = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
     declared = {d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip()
-                .lower().replace("-", "_") for d in project["dependencies"]}
+                .lower().replace("-", "_") for d in requirements}
     imported = set()
     for file in (root / "src" / "napari_itermask").rglob("*.py"):
         for node in ast.walk(ast.parse(file.read_text(), str(file))):

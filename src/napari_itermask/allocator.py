@@ -25,6 +25,20 @@ _TRIM_THRESHOLD_BYTES = 1 << 30  # keep up to 1 GiB of freed heap for reuse
 
 ENV_OFF = "ITERMASK_NO_ALLOCATOR_TUNING"
 _state: str | None = None
+_libc = None  # the loaded C library (False where there is none to load)
+
+
+def _glibc():
+    """The process's C library on Linux, loaded once; None elsewhere or when it cannot load."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                pass
+    return _libc or None
 
 
 def tune() -> str:
@@ -41,10 +55,8 @@ def tune() -> str:
     elif not sys.platform.startswith("linux"):
         _state = "unsupported"
     else:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
+        mallopt = getattr(_glibc(), "mallopt", None)
+        if mallopt is None:
             _state = "unsupported"
         else:
             mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -53,3 +65,15 @@ def tune() -> str:
                                                          _TRIM_THRESHOLD_BYTES) == 1
             _state = "tuned" if ok else "unsupported"
     return _state
+
+
+def trim() -> None:
+    """Give freed heap back to the system (glibc ``malloc_trim``). ``tune`` keeps freed heap
+    for reuse *within* a run (up to 1 GiB, so batches do not fault pages in again); between the
+    cases of a cohort that reserve would only grow with the largest case so far. Where glibc's
+    ``malloc_trim`` is not there (macOS, musl) nothing is done."""
+    malloc_trim = getattr(_glibc(), "malloc_trim", None)
+    if malloc_trim is not None:
+        malloc_trim.argtypes = [ctypes.c_size_t]
+        malloc_trim.restype = ctypes.c_int
+        malloc_trim(0)

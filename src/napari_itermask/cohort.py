@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import allocator
 from .errors import InputError, ItermaskError, OutputError
 from .names import is_nifti, nifti_stem, scan_stem
 
@@ -430,35 +431,9 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
             result.message = _one_line(f"unexpected {type(exc).__name__}: {exc}")
     finally:
         gc.collect()  # the scan's arrays and the run's history go now, not at some later case
-        _trim_heap()
+        allocator.trim()
     result.seconds = time.perf_counter() - start
     return result
-
-
-_LIBC = None
-
-
-def _trim_heap() -> None:
-    """Give the heap a case freed back to the system (glibc ``malloc_trim``). ``allocator``
-    keeps freed heap for reuse *within* a run (up to 1 GiB, so batches do not fault pages in
-    again); between the cases of a cohort that reserve would only grow with the largest case
-    so far. Elsewhere (macOS, musl, a preloaded allocator) nothing is done."""
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-                import ctypes.util
-
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                libc.malloc_trim.argtypes = [ctypes.c_size_t]
-                libc.malloc_trim.restype = ctypes.c_int
-                _LIBC = libc
-            except (OSError, AttributeError):
-                pass
-    if _LIBC:
-        _LIBC.malloc_trim(0)
 
 
 def _one_line(text: str) -> str:
@@ -539,8 +514,6 @@ class CaseProgress:
     breaking the bar; ``enabled=False`` (``-q``) shows no progress but still writes."""
 
     def __init__(self, total: int, stream=None, enabled: bool = True, clock=time.monotonic):
-        import sys
-
         self.total, self.done = int(total), 0
         self.stream = sys.stderr if stream is None else stream
         self.enabled, self.clock = enabled, clock

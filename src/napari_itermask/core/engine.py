@@ -167,6 +167,16 @@ def slice_noise(seed: int, slice_id: int, iteration: int, shape: tuple[int, int]
     return torch.randn(shape, generator=g)
 
 
+def _mask_and_noise(masks: np.ndarray, idx: np.ndarray, ids, iteration: int, seed: int,
+                    device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masks of slices ``idx`` and their noise draws at ``iteration``, as (B, 1, H, W)
+    tensors: what the loop and ``reconstruct_at`` feed the masked net."""
+    shape = masks.shape[-2:]
+    m = torch.from_numpy(masks[idx]).to(device)[:, None]
+    eps = torch.stack([slice_noise(seed, ids[i], iteration, shape) for i in idx])
+    return m, eps.to(device)[:, None]
+
+
 def _device_of(net) -> torch.device:
     if isinstance(net, torch.nn.Module):
         for p in net.parameters():
@@ -279,13 +289,8 @@ def run(
                 x = torch.from_numpy(x_np[idx]).to(device)[:, None]
                 br = torch.from_numpy(b_np[idx]).to(device)[:, None]
                 xf = xf_of(idx)
-                if t == 1 and resume is None:
-                    m = eps = None
-                else:
-                    m = torch.from_numpy(masks[idx]).to(device)[:, None]
-                    eps = torch.stack(
-                        [slice_noise(cfg.seed, ids[i], t, (h, w)) for i in idx]
-                    ).to(device)[:, None]
+                m, eps = ((None, None) if t == 1 and resume is None else
+                          _mask_and_noise(masks, idx, ids, t, cfg.seed, device))
                 out = _reconstruct(x, xf, m, eps, f1, f, cfg)
                 passes += len(idx)
                 e, full, error[idx] = _reported_error(
@@ -429,13 +434,8 @@ def reconstruct_at(
                 x = torch.from_numpy(x_np[idx]).to(device)[:, None]
                 br = torch.from_numpy(b_np[idx]).to(device)[:, None]
                 xf = high_pass(x[:, 0], cfg.radius)[:, None]
-                if before is None:
-                    m = eps = None
-                else:
-                    m = torch.from_numpy(before[idx]).to(device)[:, None]
-                    eps = torch.stack(
-                        [slice_noise(cfg.seed, ids[i], j, (h, w)) for i in idx]
-                    ).to(device)[:, None]
+                m, eps = ((None, None) if before is None else
+                          _mask_and_noise(before, idx, ids, j, cfg.seed, device))
                 out = _reconstruct(x, xf, m, eps, f1, f, cfg)
                 _, _, error[idx] = _reported_error(
                     x, out, br, b_np[idx], None if report is None else report[idx], cfg)

@@ -89,6 +89,11 @@ def main(argv=None) -> int:
 
     import time
 
+    tmp = Path(tempfile.mkdtemp(prefix="itermask-shots-"))
+    # the widget and napari persist their choices: keep both in the temporary folder, never in
+    # the developer's own settings (napari reads NAPARI_CONFIG once, when first imported)
+    os.environ["ITERMASK_CONFIG_DIR"] = str(tmp / "config")
+    os.environ["NAPARI_CONFIG"] = str(tmp / "napari" / "settings.yaml")
     import napari
     from qtpy.QtWidgets import QApplication, QScrollArea
 
@@ -96,10 +101,6 @@ def main(argv=None) -> int:
     from napari_itermask._plugin import TITLE, IterMaskWidget
     from napari_itermask._sample_data import SAMPLE_STRATUM, case_layers, sample_seed
 
-    tmp = Path(tempfile.mkdtemp(prefix="itermask-shots-"))
-    # the widget persists its choices: keep them in the temporary folder, never in the
-    # developer's own settings
-    os.environ["ITERMASK_CONFIG_DIR"] = str(tmp / "config")
     model = _pick_model(args.model, tmp)
     case = synth.make_case("flair", sample_seed(), stratum=SAMPLE_STRATUM)
     viewer = napari.Viewer(title="napari-itermask", show=True)

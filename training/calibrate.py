@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
-from napari_itermask.core.engine import run_to_end
+from napari_itermask.core.conditioning import RadiusConditioning
+from napari_itermask.core.engine import error_scale, masked_net_input, run_to_end
 from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.core.net_input import masked_input
+from napari_itermask.core.residual import ResidualScale, fit_residual_scale
 from napari_itermask.core.segmentation import (
     POLARITIES,
     inner_region,
@@ -76,6 +77,10 @@ def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = No
     card.min_brain_pixels = int(meta.get("min_brain_pixels", card.min_brain_pixels))
     card.frequency_radius = radius
     card.masked_guidance = guided
+    trained = extras["masked"].get("radius_range")
+    if trained:  # schedule over the whole trained range until calibrate chooses another
+        card.radius_conditioning = RadiusConditioning(
+            low=trained[0], high=trained[1], trained=tuple(trained)).to_dict()
     card.trained = True
     card.training = {
         "data": meta,
@@ -93,24 +98,48 @@ def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = No
     return bundle.to("cpu")
 
 
-def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: int = 0,
-                  n_masks: int = 2, batch: int = 32) -> float:
+def masked_errors(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: int = 2,
+                  batch: int = 32) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """The masked net's errors on healthy slices under random training masks (docs/method.md
+    §4, §5), as the loop counts them (polarity, standardised residual if the card has one; not
+    smoothed): per batch (errors, masks, first slice index)."""
+    cfg = engine_config(bundle.card)
+    scale = error_scale(val.x, val.brain, cfg)
     rng = np.random.default_rng(seed)
-    sampler = MaskSampler(size=val.x.shape[-1])  # the training masks (docs/method.md §4, §5)
-    errs, masks = [], []
+    sampler = MaskSampler(size=val.x.shape[-1])
+    errs, masks, starts = [], [], []
     with torch.inference_mode():
         for _ in range(n_masks):
             for i in range(0, len(val), batch):
                 x = torch.from_numpy(val.x[i:i + batch])[:, None]
                 m = torch.from_numpy(sampler.sample_batch(val.brain[i:i + batch], rng))[:, None]
                 eps = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
-                xf = high_pass(x, bundle.card.frequency_radius)
-                out = bundle.masked(masked_input(x, m, eps, xf, bundle.card.masked_guidance))
-                mm = m[:, 0].numpy()
+                br = torch.from_numpy(val.brain[i:i + batch])[:, None]
+                out = bundle.masked(masked_net_input(x, m, eps, br, cfg))
                 e = squared_error(x, out, bundle.card.error_polarity)[:, 0].numpy()
-                errs.append(smooth_within(e, mm, bundle.card.error_smoothing))
-                masks.append(mm)
-    return tau_from_masked_errors(errs, masks, percentile)
+                errs.append(e if scale is None else e / scale[i:i + batch])
+                masks.append(m[:, 0].numpy())
+                starts.append(i)
+    return errs, masks, starts
+
+
+def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: int = 0,
+                  n_masks: int = 2, batch: int = 32) -> float:
+    errs, masks, _ = masked_errors(bundle, val, seed, n_masks, batch)
+    sigma = bundle.card.error_smoothing
+    return tau_from_masked_errors([smooth_within(e, m, sigma) for e, m in zip(errs, masks)],
+                                  masks, percentile)
+
+
+def fit_scale(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: int = 2,
+              batch: int = 32) -> ResidualScale:
+    """The standardised residual's table from the bundle's plain masked errors on ``val``."""
+    bundle.card.residual_scale = {}
+    errs, masks, starts = masked_errors(bundle, val, seed, n_masks, batch)
+    xf = high_pass(torch.from_numpy(val.x), bundle.card.frequency_radius).numpy()
+    sel = np.concatenate([np.arange(i, i + len(e)) for e, i in zip(errs, starts)])
+    return fit_residual_scale(np.concatenate(errs), np.concatenate(masks), xf[sel],
+                              val.brain[sel])
 
 
 def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: int = 0):
@@ -146,6 +175,14 @@ def build_parser():
                    help="which deviations count as error in the loop and the segmentation: both "
                         "signs (the paper), or only 'bright' (scan brighter than its "
                         "reconstruction: hyper-intense lesions) or 'dark' (hypo-intense)")
+    p.add_argument("--radius-schedule", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="radius-conditioned masked net: the radius at the first step's mask "
+                        "size and as the mask vanishes (within the trained radii; default: all "
+                        "of them)")
+    p.add_argument("--standardise", action="store_true",
+                   help="standardised residual: divide every squared error by the healthy error "
+                        "expected for its pixel kind (|x_f| and distance to the brain's edge), "
+                        "fitted here on the validation slices (docs/method.md §15)")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -183,10 +220,28 @@ def main(argv=None) -> int:
     bundle.card.error_smoothing = float(args.smoothing)
     bundle.card.error_rim = int(args.rim)
     bundle.card.error_polarity = args.polarity
+    if args.radius_schedule:
+        rc = RadiusConditioning.from_dict(bundle.card.radius_conditioning)
+        if rc is None:
+            raise SystemExit("--radius-schedule needs a radius-conditioned masked net")
+        try:
+            rc = RadiusConditioning(low=args.radius_schedule[0], high=args.radius_schedule[1],
+                                    trained=rc.trained, full_share=rc.full_share)
+        except ValueError as exc:
+            raise SystemExit(f"--radius-schedule: {exc}") from None
+        bundle.card.radius_conditioning = rc.to_dict()
+    if args.standardise:
+        rs = fit_scale(bundle, val, args.seed)
+        bundle.card.residual_scale = rs.to_dict()
+        log("residual scale: expected healthy error per pixel kind from "
+            f"{min(min(r) for r in rs.expected):.3g} to {max(max(r) for r in rs.expected):.3g} "
+            "× the mean")
+    else:
+        bundle.card.residual_scale = {}
     bundle.card.tau = calibrate_tau(bundle, val, args.tau_percentile, args.seed)
     bundle.card.tau_derivation = {
         "method": "percentile of squared error inside random training masks (masked net)",
-        "polarity": args.polarity,
+        "polarity": args.polarity, "standardised": bool(args.standardise),
         "percentile": args.tau_percentile, "data": val.meta, "slices": len(val)}
     log(f"tau = {bundle.card.tau:.5g} ({args.tau_percentile}th percentile)")
     loop_val = val

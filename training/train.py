@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from napari_itermask.core.frequency import high_pass
+from napari_itermask.core.conditioning import RadiusConditioning
+from napari_itermask.core.frequency import high_pass, high_pass_radii
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.core.net_input import masked_input
+from napari_itermask.core.net_input import masked_channels, masked_input
 from napari_itermask import allocator, synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters
 
@@ -64,8 +65,14 @@ class Batcher:
 
     def __init__(self, data: SliceSet, net: str, sampler: MaskSampler, radius: float,
                  seed: int, augment: bool = False, guidance: bool = True,
-                 leftover_prob: float = 0.0, dae_noise: str = "both"):
+                 leftover_prob: float = 0.0, dae_noise: str = "both",
+                 radius_range: tuple[float, float] | None = None):
         self.data, self.net, self.sampler, self.radius = data, net, sampler, radius
+        # radius conditioning: each masked sample's x_f is cut at a whole radius drawn uniformly
+        # from this range, and the net is told its level (core.net_input)
+        self.conditioning = (None if radius_range is None else
+                             RadiusConditioning(low=radius_range[0], high=radius_range[1],
+                                                trained=tuple(radius_range)))
         self.dae_noise = dae_noise
         self.guidance = guidance
         self.rng = np.random.default_rng(seed)
@@ -113,12 +120,19 @@ class Batcher:
 
             brain_t = torch.from_numpy(brain)[:, None]
             return xt + coarse_noise(xt.shape, self.rng, sign=self.dae_noise) * brain_t, xt
-        xf = high_pass(xt, self.radius)
         if self.net == "first":
-            return xf, xt
+            return high_pass(xt, self.radius), xt
         masks = torch.from_numpy(self.sampler.sample_batch(brain, self.rng))[:, None]
         eps = torch.from_numpy(self.rng.standard_normal(x.shape).astype(np.float32))[:, None]
-        return masked_input(xt, masks, eps, xf, self.guidance), xt
+        rc, level = self.conditioning, None
+        if rc is None:
+            xf = high_pass(xt, self.radius)
+        else:
+            lo, hi = (int(round(v)) for v in rc.trained)
+            radii = self.rng.integers(lo, hi + 1, size=len(x)).astype(float).tolist()
+            xf = high_pass_radii(xt[:, 0], radii)[:, None]
+            level = torch.tensor([rc.level(r) for r in radii])
+        return masked_input(xt, masks, eps, xf, self.guidance, level), xt
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -163,6 +177,22 @@ def cumulative(history: list[dict]) -> dict:
             "cpu_hours_complete": len(known) == len(history)}
 
 
+def widen_input(state: dict, target: dict) -> dict:
+    """``state`` fitted to ``target``'s shapes where only the first convolution's input channels
+    differ: a two-channel masked net's weights start a radius-conditioned (three-channel) one,
+    the new channel's weights zero, so the widened net computes exactly what the old one did."""
+    out = dict(state)
+    for key, ref in target.items():
+        old = out.get(key)
+        if (old is not None and old.ndim == 4 and ref.ndim == 4 and old.shape != ref.shape
+                and old.shape[0] == ref.shape[0] and old.shape[2:] == ref.shape[2:]
+                and old.shape[1] < ref.shape[1]):
+            wide = torch.zeros(ref.shape, dtype=old.dtype)
+            wide[:, : old.shape[1]] = old
+            out[key] = wide
+    return out
+
+
 def save_checkpoint(path: Path, model, opt, step: int, extra: dict) -> None:
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -181,9 +211,10 @@ def load_checkpoint(path: Path) -> dict:
 
 def evaluate_loss(model, data: SliceSet, net: str, sampler, radius: float, device,
                   n: int = 64, seed: int = 12345, guidance: bool = True,
-                  dae_noise: str = "both") -> float:
+                  dae_noise: str = "both", radius_range=None) -> float:
     """Validation loss on a fixed draw of slices and masks (the same every time)."""
-    b = Batcher(data, net, sampler, radius, seed, guidance=guidance, dae_noise=dae_noise)
+    b = Batcher(data, net, sampler, radius, seed, guidance=guidance, dae_noise=dae_noise,
+                radius_range=radius_range)
     model.eval()
     losses = []
     with torch.no_grad():
@@ -281,7 +312,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
 
         model = build_baseline(net, args.preset).to(device)
     else:
-        model = build_unet(args.preset, 1 if net == "first" else 2).to(device)
+        model = build_unet(args.preset, 1 if net == "first" else
+                           masked_channels(args.radius_range is not None)).to(device)
     # channels-last convolutions: ~1.4x faster training steps on these CPUs (oneDNN)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -309,7 +341,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         src = load_bundle(args.init_from)
         if src.card.preset != args.preset:
             raise SystemExit(f"--init-from model has preset {src.card.preset}, not {args.preset}")
-        model.load_state_dict((src.first if net == "first" else src.masked).state_dict())
+        state = (src.first if net == "first" else src.masked).state_dict()
+        model.load_state_dict(widen_input(state, model.state_dict()))
         history = prior_history(src.card.training, net, f"{src.card.name} ({src.sha256[:12]})")
         log(f"{net}: initialised from model {src.card.name} ({src.sha256[:12]})")
     if step >= steps:
@@ -322,9 +355,11 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_model = torch.compile(wrapped) if args.compile else wrapped
     sampler = MaskSampler(size=train.x.shape[-1], wide_prob=args.wide_mask_prob)
+    radius_range = args.radius_range if net == "masked" else None
     batcher = Batcher(train, net, sampler, args.radius, seed=args.seed * 7919 + step + 104729 * rank,
                       augment=args.augment, guidance=not args.no_guidance,
-                      leftover_prob=args.leftover_prob, dae_noise=args.dae_noise)
+                      leftover_prob=args.leftover_prob, dae_noise=args.dae_noise,
+                      radius_range=radius_range)
     log_path = out / f"{net}_log.csv"
     new_log = not log_path.exists() or step == 0
     if not new_log:  # rows after the checkpoint's step were trained again: drop the old ones
@@ -350,7 +385,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
              "leftover_prob": args.leftover_prob, "batch": batch,
              "masked_guidance": not args.no_guidance, "init_from": args.init_from,
              "lr": lr, "world": world, "dae_noise": args.dae_noise if net == "dae" else None,
-             "precision": args.precision, "compile": bool(args.compile)}
+             "precision": args.precision, "compile": bool(args.compile),
+             "radius_range": list(radius_range) if radius_range else None}
 
     def ledger(step_now: int) -> dict:
         run_cpu = time.process_time() - cpu0
@@ -373,7 +409,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         val_loss = ""
         if rank == 0 and val is not None and (step % args.val_every == 0 or step == steps):
             vl = evaluate_loss(model, val, net, sampler, args.radius, device,
-                               guidance=not args.no_guidance, dae_noise=args.dae_noise)
+                               guidance=not args.no_guidance, dae_noise=args.dae_noise,
+                               radius_range=radius_range)
             val_loss = f"{vl:.6f}"
         if rank == 0:
             writer.writerow([step, f"{loss.item():.6f}", val_loss, f"{cur_lr:.3g}",
@@ -418,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", help="random gamma on intensities")
     p.add_argument("--leftover-prob", type=float, default=0.0, metavar="P",
                    help="share of slices given a skull-strip leftover rim (augmentation)")
+    p.add_argument("--radius-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="radius-conditioned masked net: x_f cut at a radius drawn per sample "
+                        "from LO..HI, given to the net as a third channel (docs/method.md §14)")
     p.add_argument("--no-guidance", action="store_true",
                    help="ablation '-freq': the masked net gets zeros instead of x_f")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves)")

@@ -40,6 +40,16 @@ must be calibrated with the same rim.
 the deviations of that sign as error (``segmentation.squared_error``), in every decision and in
 the reported map: a pixel darker than its reconstruction is no hyper-intense lesion. τ and the
 threshold must be calibrated with the same polarity.
+
+``radius_conditioning`` (a project option, None in the paper; ``net_input``): the masked net's
+``x_f`` is cut at a radius that grows as the slice's mask shrinks, and the net is told that
+radius in a third input channel. The first step keeps ``radius``. The radius follows from the
+mask the net is given, so ``reconstruct_at`` recomputes it from the history.
+
+``residual_scale`` (a project option, None in the paper; ``residual``): every squared error —
+first step, τ decisions, reported map — is divided by the healthy error expected for a pixel of
+its kind, computed once per slice from the scan. τ and the threshold must be calibrated on the
+divided errors.
 """
 
 from __future__ import annotations
@@ -51,8 +61,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .frequency import high_pass
+from .frequency import high_pass, high_pass_radii
+from .conditioning import RadiusConditioning
 from .net_input import masked_input
+from .residual import ResidualScale
 from .segmentation import POLARITIES, inner_region, smooth_within, squared_error
 
 __all__ = [
@@ -61,6 +73,8 @@ __all__ = [
     "History",
     "run",
     "run_to_end",
+    "masked_net_input",
+    "error_scale",
     "reconstruct_at",
     "slice_noise",
     "RUNNING",
@@ -90,6 +104,8 @@ class EngineConfig:
     smoothing: float = 0.0  # σ (px) of the error smoothing before each decision; 0 = the paper
     rim: int = 0  # outer brain pixels left out of the reported error map; 0 = the paper
     polarity: str = "both"  # which deviations count as error: both (the paper), bright, dark
+    radius_conditioning: RadiusConditioning | None = None  # None: x_f at `radius` (the paper)
+    residual_scale: ResidualScale | None = None  # None: the plain squared error (the paper)
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -135,6 +151,9 @@ class EngineConfig:
             smoothing=card.error_smoothing,
             rim=card.error_rim,
             polarity=card.error_polarity,
+            radius_conditioning=RadiusConditioning.from_dict(
+                getattr(card, "radius_conditioning", None)),
+            residual_scale=ResidualScale.from_dict(getattr(card, "residual_scale", None)),
         )
 
 
@@ -189,20 +208,52 @@ def _chunks(idx: np.ndarray, n: int):
         yield idx[i : i + n]
 
 
-def _reconstruct(x, xf, mask, noise, f1: Net, f: Net, cfg: EngineConfig) -> torch.Tensor:
+def _reconstruct(x, xf, mask, noise, f1: Net, f: Net, cfg: EngineConfig,
+                 brain: torch.Tensor | None = None) -> torch.Tensor:
     """One batch through the first step (``mask`` None: ``f1(x_f)``) or the masked net
-    (``f(masked_input(...))``, ``net_input``); (B, 1, H, W) float32."""
+    (``f(masked_input(...))``, ``net_input``); (B, 1, H, W) float32.
+
+    ``xf`` is x_f at the config's radius; a radius-conditioned net instead gets x_f at the
+    radius that its mask's share of ``brain`` (B, 1, H, W) calls for, and that radius's level."""
     if mask is None:
-        out = f1(xf)
-    else:
-        out = f(masked_input(x, mask, noise, xf, cfg.masked_guidance))
-    return out.float()
+        return f1(xf).float()
+    return f(masked_net_input(x, mask, noise, brain, cfg, xf)).float()
 
 
-def _reported_error(x, out, br, brain_np, report, cfg: EngineConfig):
+def masked_net_input(x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
+                     brain: torch.Tensor, cfg: EngineConfig,
+                     xf: torch.Tensor | None = None) -> torch.Tensor:
+    """What the masked net is given for masks ``mask`` (all (B, 1, H, W)), as the loop gives it:
+    ``net_input.masked_input`` with x_f at the config's radius (``xf`` if already computed), or,
+    radius-conditioned, at the radius that each mask's share of ``brain`` calls for together
+    with its level. τ calibration calls this too."""
+    rc = cfg.radius_conditioning
+    if rc is None:
+        if xf is None:
+            xf = high_pass(x[:, 0], cfg.radius)[:, None]
+        return masked_input(x, mask, noise, xf, cfg.masked_guidance)
+    share = mask.sum((1, 2, 3)).double() / brain.sum((1, 2, 3)).clamp(min=1).double()
+    radii = [rc.radius(v) for v in share.tolist()]
+    xf = high_pass_radii(x[:, 0], radii)[:, None]
+    level = torch.tensor([rc.level(r) for r in radii], device=x.device)
+    return masked_input(x, mask, noise, xf, cfg.masked_guidance, level)
+
+
+def error_scale(slices: np.ndarray, brain: np.ndarray, cfg: EngineConfig) -> np.ndarray | None:
+    """(N, H, W) float32 expected healthy error per pixel that the config's standardised
+    residual divides by (``residual``), or None for the plain squared error."""
+    if cfg.residual_scale is None:
+        return None
+    xf = high_pass(torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32)), cfg.radius)
+    return cfg.residual_scale.scale_map(xf.numpy(), brain)
+
+
+def _reported_error(x, out, br, brain_np, report, cfg: EngineConfig, scale=None):
     """(per-pixel squared error, its brain-wide smoothing, the map the loop reports) of one
-    batch, as NumPy arrays."""
+    batch, as NumPy arrays; divided by ``scale`` (the batch's ``error_scale``) if given."""
     e = (squared_error(x, out, cfg.polarity) * br)[:, 0].cpu().numpy()
+    if scale is not None:
+        e = e / scale
     full = smooth_within(e, brain_np, cfg.smoothing)
     return e, full, (full if report is None else np.where(report, full, 0))
 
@@ -265,6 +316,7 @@ def run(
 
     decide = np.zeros_like(x_np)  # the map each decision reads (smoothed within the mask)
     report = inner_region(b_np, int(cfg.rim)) if cfg.rim else None  # where `error` may be > 0
+    scale = error_scale(x_np, b_np, cfg)
     xf_cache: dict[int, torch.Tensor] = {}
 
     def xf_of(idx: np.ndarray) -> torch.Tensor:
@@ -291,10 +343,11 @@ def run(
                 xf = xf_of(idx)
                 m, eps = ((None, None) if t == 1 and resume is None else
                           _mask_and_noise(masks, idx, ids, t, cfg.seed, device))
-                out = _reconstruct(x, xf, m, eps, f1, f, cfg)
+                out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
                 passes += len(idx)
                 e, full, error[idx] = _reported_error(
-                    x, out, br, b_np[idx], None if report is None else report[idx], cfg)
+                    x, out, br, b_np[idx], None if report is None else report[idx], cfg,
+                    None if scale is None else scale[idx])
                 recon[idx] = out[:, 0].cpu().numpy()
                 if cfg.smoothing > 0 and not (t == 1 and resume is None):
                     decide[idx] = smooth_within(e, masks[idx], cfg.smoothing)
@@ -427,6 +480,7 @@ def reconstruct_at(
     device = _device_of(f)
     cfg = config
     report = inner_region(b_np, int(cfg.rim)) if cfg.rim else None
+    scale = error_scale(x_np, b_np, cfg)
     with torch.inference_mode():
         for j in sorted({int(v) for v in when[when > 0]}):
             before = history.masks(j - 1) if j > 1 else None
@@ -436,9 +490,10 @@ def reconstruct_at(
                 xf = high_pass(x[:, 0], cfg.radius)[:, None]
                 m, eps = ((None, None) if before is None else
                           _mask_and_noise(before, idx, ids, j, cfg.seed, device))
-                out = _reconstruct(x, xf, m, eps, f1, f, cfg)
+                out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
                 _, _, error[idx] = _reported_error(
-                    x, out, br, b_np[idx], None if report is None else report[idx], cfg)
+                    x, out, br, b_np[idx], None if report is None else report[idx], cfg,
+                    None if scale is None else scale[idx])
                 recon[idx] = out[:, 0].cpu().numpy()
     return error, recon
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["low_band", "high_pass"]
+__all__ = ["low_band", "high_pass", "high_pass_radii"]
 
 _BAND_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -42,4 +42,20 @@ def high_pass(x: torch.Tensor, radius: float = 15.0) -> torch.Tensor:
     keep = ~low_band(h, w, radius, device=x.device)
     spec = spec * keep
     out = torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1))).real
+    return out.to(x.dtype) if x.is_floating_point() else out
+
+
+def high_pass_radii(x: torch.Tensor, radii) -> torch.Tensor:
+    """x_f of each slice of ``x`` (B, H, W) at its own radius ``radii[b]``: one FFT for the batch.
+
+    Equal to ``high_pass(x[b], radii[b])`` slice by slice (the radius-conditioned masked net,
+    ``net_input``).
+    """
+    if x.ndim != 3 or len(radii) != x.shape[0]:
+        raise ValueError(f"high_pass_radii needs (B, H, W) slices and B radii, got shape "
+                         f"{tuple(x.shape)} and {len(radii)} radii")
+    h, w = x.shape[-2:]
+    spec = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=(-2, -1))
+    keep = torch.stack([~low_band(h, w, float(r), device=x.device) for r in radii])
+    out = torch.fft.ifft2(torch.fft.ifftshift(spec * keep, dim=(-2, -1))).real
     return out.to(x.dtype) if x.is_floating_point() else out

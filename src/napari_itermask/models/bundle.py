@@ -17,6 +17,7 @@ import torch
 
 from .._hash import sha256_file
 from ..atomic import temp_file_in, usual_mode
+from ..core.net_input import masked_channels
 from ..core.unet import UNet
 from ..errors import ModelError, ModelIntegrityError, UnsafeModelError
 from .card import CARD_NAME, FORMAT, ModelCard, check_format, read_card
@@ -60,7 +61,8 @@ class ModelBundle:
 def _networks(card: ModelCard) -> tuple[UNet, UNet]:
     """f1 (input x_f) and f (input x̂, x_f) as the card describes them."""
     try:
-        return UNet(card.unet_config(1)), UNet(card.unet_config(2))
+        return (UNet(card.unet_config(1)),
+                UNet(card.unet_config(masked_channels(bool(card.radius_conditioning)))))
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model card of {card.name!r} describes no buildable UNet: {reason}"

@@ -16,7 +16,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..core.conditioning import RadiusConditioning
 from ..core.polarity import POLARITIES
+from ..core.residual import ResidualScale
 from ..core.unet_config import PRESETS, UNetConfig
 from ..errors import ModelError, ModelFormatError, UnsafeModelError
 from .untrusted import pickle_kind
@@ -49,7 +51,8 @@ CARD_MAX_BYTES = 4 << 20  # a card is a few kB; anything this large is not one
 _TEXTS = ("name", "modality", "preset", "normalisation", "error", "weights_sha256",
           "intended_use", "format", "version")
 _FLAGS = ("masked_guidance", "trained")
-_DICTS = ("unet", "tau_derivation", "threshold_derivation", "training")
+_DICTS = ("unet", "tau_derivation", "threshold_derivation", "training", "radius_conditioning",
+          "residual_scale")
 
 
 @dataclass
@@ -66,10 +69,16 @@ class ModelCard:
     min_brain_pixels: int = 328  # 2 % of a 128² slice
     frequency_radius: float = 15.0
     masked_guidance: bool = True  # False only for the "-freq" ablation (f sees no x_f)
+    # radius-conditioned masked net (core.net_input.RadiusConditioning); {} = the paper's fixed
+    # radius and a two-channel masked net
+    radius_conditioning: dict = field(default_factory=dict)
     error: str = "squared"
     error_smoothing: float = 0.0  # σ (model-grid px) of the error smoothing; 0 = the paper
     error_rim: int = 0  # outer brain pixels (model grid) the segmentation ignores; 0 = the paper
     error_polarity: str = "both"  # deviations that count as error: both (the paper), bright, dark
+    # standardised residual (core.residual.ResidualScale): the expected healthy error per pixel
+    # kind that every squared error is divided by; {} = the paper's plain squared error
+    residual_scale: dict = field(default_factory=dict)
     first_unmask: float = 0.4
     stop_shrink: float = 0.01
     max_iter: int = 20
@@ -105,6 +114,14 @@ class ModelCard:
         if d.get("error_polarity", "both") not in POLARITIES:
             raise ModelError(f"model card: error_polarity must be one of {', '.join(POLARITIES)}")
         _check_types(d)
+        try:
+            RadiusConditioning.from_dict(d.get("radius_conditioning"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model card: radius_conditioning is invalid ({exc})") from None
+        try:
+            ResidualScale.from_dict(d.get("residual_scale"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model card: residual_scale is invalid ({exc})") from None
         sha = d.get("weights_sha256", "")
         if sha and not _SHA256_RE.match(sha):
             raise ModelError("model card: weights_sha256 is not a sha256 (64 hex digits)")

@@ -30,6 +30,7 @@ from napari_itermask.core.calibration import tau_from_masked_errors, threshold_f
 from napari_itermask.core.conditioning import RadiusConditioning
 from napari_itermask.core.engine import error_scale, masked_net_input, run_to_end
 from napari_itermask.core.frequency import high_pass
+from napari_itermask.core.first_step import FIRST_STEPS
 from napari_itermask.core.masks import MaskSampler
 from napari_itermask.core.residual import ResidualScale, fit_residual_scale
 from napari_itermask.core.segmentation import (
@@ -183,6 +184,12 @@ def build_parser():
                    help="standardised residual: divide every squared error by the healthy error "
                         "expected for its pixel kind (|x_f| and distance to the brain's edge), "
                         "fitted here on the validation slices (docs/method.md §15)")
+    p.add_argument("--first-step", choices=FIRST_STEPS, default=None,
+                   help="the loop's first step: f1 (the paper), complementary (the masked net on "
+                        "complementary blob masks) or both (per pixel the larger error); "
+                        "default: the model's own (docs/method.md §16)")
+    p.add_argument("--complementary-masks", type=int, default=None, metavar="K",
+                   help="blob masks of the complementary first step (2–8; default: the model's)")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -230,6 +237,12 @@ def main(argv=None) -> int:
         except ValueError as exc:
             raise SystemExit(f"--radius-schedule: {exc}") from None
         bundle.card.radius_conditioning = rc.to_dict()
+    if args.first_step:
+        bundle.card.first_step = args.first_step
+    if args.complementary_masks is not None:
+        if not 2 <= args.complementary_masks <= 8:
+            raise SystemExit("--complementary-masks must be from 2 to 8")
+        bundle.card.complementary_masks = args.complementary_masks
     if args.standardise:
         rs = fit_scale(bundle, val, args.seed)
         bundle.card.residual_scale = rs.to_dict()
@@ -254,7 +267,8 @@ def main(argv=None) -> int:
         "method": "healthy false-positive rate of final error maps (full loop, model grid)",
         "false_positive_rate": args.fpr, "rim_px": int(args.rim), "data": val.meta,
         "slices": len(loop_val),
-        "mean_iterations": float(state.iterations.mean())}
+        "mean_iterations": float(state.iterations.mean()),
+        "first_step": bundle.card.first_step}
     log(f"threshold = {thr:.5g} (healthy FPR {args.fpr}); mean iterations "
         f"{state.iterations.mean():.1f}")
     save_bundle(bundle, args.output, overwrite=args.overwrite)

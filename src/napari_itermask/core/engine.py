@@ -50,6 +50,12 @@ mask the net is given, so ``reconstruct_at`` recomputes it from the history.
 first step, τ decisions, reported map — is divided by the healthy error expected for a pixel of
 its kind, computed once per slice from the scan. τ and the threshold must be calibrated on the
 divided errors.
+
+``first_step`` (a project option, ``"f1"`` in the paper): ``"complementary"`` replaces f1 by the
+masked net run on ``complementary_masks`` complementary blob masks of the brain (each pixel in
+exactly one; each mask reconstructed from the rest of the slice plus x_f, so no pixel sees
+itself); ``"both"`` keeps, per pixel, the larger of the two errors, so a pixel is declared normal
+only when both agree. The blobs are drawn from (seed, slice): ``blob_partition``.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ import torch
 
 from .frequency import high_pass, high_pass_radii
 from .conditioning import RadiusConditioning
+from .first_step import FIRST_STEPS
 from .net_input import masked_input
 from .residual import ResidualScale
 from .segmentation import POLARITIES, inner_region, smooth_within, squared_error
@@ -77,6 +84,8 @@ __all__ = [
     "error_scale",
     "reconstruct_at",
     "slice_noise",
+    "blob_partition",
+    "FIRST_STEPS",
     "RUNNING",
     "CONVERGED",
     "CAPPED",
@@ -106,6 +115,8 @@ class EngineConfig:
     polarity: str = "both"  # which deviations count as error: both (the paper), bright, dark
     radius_conditioning: RadiusConditioning | None = None  # None: x_f at `radius` (the paper)
     residual_scale: ResidualScale | None = None  # None: the plain squared error (the paper)
+    first_step: str = "f1"  # f1 (the paper), complementary (masked net on blob masks), both
+    complementary_masks: int = 3  # blob masks of the complementary first step
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -122,6 +133,11 @@ class EngineConfig:
             raise ValueError("rim must be a whole number of pixels >= 0")
         if self.polarity not in POLARITIES:
             raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}")
+        if self.first_step not in FIRST_STEPS:
+            raise ValueError(f"first_step must be one of {', '.join(FIRST_STEPS)}")
+        if (isinstance(self.complementary_masks, bool) or int(self.complementary_masks)
+                != self.complementary_masks or not 2 <= self.complementary_masks <= 8):
+            raise ValueError("complementary_masks must be a whole number from 2 to 8")
 
     @classmethod
     def from_card(cls, card, params=None, *, batch_size: int = 32,
@@ -154,6 +170,8 @@ class EngineConfig:
             radius_conditioning=RadiusConditioning.from_dict(
                 getattr(card, "radius_conditioning", None)),
             residual_scale=ResidualScale.from_dict(getattr(card, "residual_scale", None)),
+            first_step=getattr(card, "first_step", "f1"),
+            complementary_masks=int(getattr(card, "complementary_masks", 3)),
         )
 
 
@@ -194,6 +212,51 @@ def _mask_and_noise(masks: np.ndarray, idx: np.ndarray, ids, iteration: int, see
     m = torch.from_numpy(masks[idx]).to(device)[:, None]
     eps = torch.stack([slice_noise(seed, ids[i], iteration, shape) for i in idx])
     return m, eps.to(device)[:, None]
+
+
+def blob_partition(brain: np.ndarray, k: int, seed: int, slice_id: int) -> np.ndarray:
+    """(H, W) int8: for each brain pixel which of ``k`` complementary blob masks holds it (0 ..
+    k − 1; −1 outside the brain). Blobs come from a smooth random field (σ 4 px at 128², scaled
+    with the grid) cut at its quantiles inside the brain, so each mask covers ≈ 1/k of it; the
+    field is drawn from (seed, slice), independent of batching."""
+    from scipy import ndimage
+
+    brain = np.asarray(brain, dtype=bool)
+    key = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(slice_id), 0, 0xB10B])
+    rng = np.random.default_rng(key)
+    field = ndimage.gaussian_filter(rng.standard_normal(brain.shape), 4.0 * brain.shape[-1] / 128)
+    out = np.full(brain.shape, -1, dtype=np.int8)
+    if brain.any():
+        cuts = np.quantile(field[brain], np.linspace(0, 1, k + 1)[1:-1])
+        out[brain] = np.digitize(field[brain], cuts).astype(np.int8)
+    return out
+
+
+def _first_passes(cfg: EngineConfig) -> int:
+    """Slice-forwards per slice of the first step."""
+    return {"f1": 1, "complementary": cfg.complementary_masks,
+            "both": 1 + cfg.complementary_masks}[cfg.first_step]
+
+
+def _first_step(x, xf, br, brain_np, idx, ids, f1: Net, f: Net, cfg: EngineConfig):
+    """The first step's reconstruction of one batch, (B, 1, H, W) float32: ``f1(x_f)``, the
+    masked net on complementary blob masks, or per pixel whichever of the two errs more."""
+    if cfg.first_step == "f1":
+        return f1(xf).float()
+    parts = torch.from_numpy(np.stack([
+        blob_partition(brain_np[i], cfg.complementary_masks, cfg.seed, ids[i]) for i in idx
+    ])).to(x.device)[:, None]
+    eps = torch.stack([slice_noise(cfg.seed, ids[i], 1, x.shape[-2:]) for i in idx])
+    eps = eps.to(x.device)[:, None]
+    comp = x.clone().float()
+    for j in range(cfg.complementary_masks):
+        m = parts == j
+        comp = torch.where(m, f(masked_net_input(x, m, eps, br, cfg, xf)).float(), comp)
+    if cfg.first_step == "complementary":
+        return comp
+    own = f1(xf).float()
+    worse = squared_error(x, own, cfg.polarity) >= squared_error(x, comp, cfg.polarity)
+    return torch.where(worse, own, comp)
 
 
 def _device_of(net) -> torch.device:
@@ -341,10 +404,13 @@ def run(
                 x = torch.from_numpy(x_np[idx]).to(device)[:, None]
                 br = torch.from_numpy(b_np[idx]).to(device)[:, None]
                 xf = xf_of(idx)
-                m, eps = ((None, None) if t == 1 and resume is None else
-                          _mask_and_noise(masks, idx, ids, t, cfg.seed, device))
-                out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
-                passes += len(idx)
+                if t == 1 and resume is None:
+                    out = _first_step(x, xf, br, b_np, idx, ids, f1, f, cfg)
+                    passes += len(idx) * _first_passes(cfg)
+                else:
+                    m, eps = _mask_and_noise(masks, idx, ids, t, cfg.seed, device)
+                    out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
+                    passes += len(idx)
                 e, full, error[idx] = _reported_error(
                     x, out, br, b_np[idx], None if report is None else report[idx], cfg,
                     None if scale is None else scale[idx])
@@ -488,9 +554,11 @@ def reconstruct_at(
                 x = torch.from_numpy(x_np[idx]).to(device)[:, None]
                 br = torch.from_numpy(b_np[idx]).to(device)[:, None]
                 xf = high_pass(x[:, 0], cfg.radius)[:, None]
-                m, eps = ((None, None) if before is None else
-                          _mask_and_noise(before, idx, ids, j, cfg.seed, device))
-                out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
+                if before is None:
+                    out = _first_step(x, xf, br, b_np, idx, ids, f1, f, cfg)
+                else:
+                    m, eps = _mask_and_noise(before, idx, ids, j, cfg.seed, device)
+                    out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
                 _, _, error[idx] = _reported_error(
                     x, out, br, b_np[idx], None if report is None else report[idx], cfg,
                     None if scale is None else scale[idx])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..core.conditioning import RadiusConditioning
 from ..core.polarity import POLARITIES
+from ..core.first_step import FIRST_STEPS
 from ..core.residual import ResidualScale
 from ..core.unet_config import PRESETS, UNetConfig
 from ..errors import ModelError, ModelFormatError, UnsafeModelError
@@ -45,10 +46,10 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # Fields whose type the code relies on: a wrong type is refused when the card is read.
 _NUMBERS = ("pixel_size_mm", "frequency_radius", "error_smoothing", "first_unmask",
             "stop_shrink", "tau", "threshold")
-_COUNTS = ("grid_size", "max_iter")  # whole numbers >= 1
+_COUNTS = ("grid_size", "max_iter", "complementary_masks")  # whole numbers >= 1
 _SIZES = ("min_brain_pixels",)  # whole numbers >= 0
 CARD_MAX_BYTES = 4 << 20  # a card is a few kB; anything this large is not one
-_TEXTS = ("name", "modality", "preset", "normalisation", "error", "weights_sha256",
+_TEXTS = ("name", "modality", "preset", "normalisation", "error", "weights_sha256", "first_step",
           "intended_use", "format", "version")
 _FLAGS = ("masked_guidance", "trained")
 _DICTS = ("unet", "tau_derivation", "threshold_derivation", "training", "radius_conditioning",
@@ -79,6 +80,10 @@ class ModelCard:
     # standardised residual (core.residual.ResidualScale): the expected healthy error per pixel
     # kind that every squared error is divided by; {} = the paper's plain squared error
     residual_scale: dict = field(default_factory=dict)
+    # the loop's first step (core.engine): f1 (the paper), complementary (the masked net on
+    # complementary blob masks) or both (per pixel the larger error)
+    first_step: str = "f1"
+    complementary_masks: int = 3
     first_unmask: float = 0.4
     stop_shrink: float = 0.01
     max_iter: int = 20
@@ -118,6 +123,10 @@ class ModelCard:
             RadiusConditioning.from_dict(d.get("radius_conditioning"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model card: radius_conditioning is invalid ({exc})") from None
+        if d.get("first_step", "f1") not in FIRST_STEPS:
+            raise ModelError(f"model card: first_step must be one of {', '.join(FIRST_STEPS)}")
+        if d.get("complementary_masks", 3) not in range(2, 9):
+            raise ModelError("model card: complementary_masks must be a whole number from 2 to 8")
         try:
             ResidualScale.from_dict(d.get("residual_scale"))
         except (KeyError, TypeError, ValueError) as exc:

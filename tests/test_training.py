@@ -527,3 +527,19 @@ def test_a_stop_signal_saves_the_checkpoint_and_starts_no_further_net(tiny_data,
     assert not (tmp_path / "masked.ckpt").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
+
+
+def test_calibrate_refuses_another_contrasts_weights_unless_asked(tiny_data, tmp_path):
+    from napari_itermask.models import load_bundle, save_bundle
+    from training import calibrate
+    from conftest import perturbed_bundle
+
+    src = save_bundle(perturbed_bundle(), tmp_path / "flair")  # a FLAIR model
+    args = ["--model", str(src), "--val", str(tiny_data), "--name", "t1ce", "--modality",
+            "t1ce", "--max-slices", "3"]
+    with pytest.raises(SystemExit, match="--other-contrast"):
+        calibrate.main([*args, "-o", str(tmp_path / "a")])
+    assert not (tmp_path / "a").exists()
+    calibrate.main([*args, "-o", str(tmp_path / "b"), "--other-contrast"])
+    card = load_bundle(tmp_path / "b").card
+    assert card.modality == "t1ce" and card.training["weights_trained_on_contrast"] == "flair"

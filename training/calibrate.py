@@ -190,6 +190,9 @@ def build_parser():
                         "default: the model's own (docs/method.md §16)")
     p.add_argument("--complementary-masks", type=int, default=None, metavar="K",
                    help="blob masks of the complementary first step (2–8; default: the model's)")
+    p.add_argument("--other-contrast", action="store_true",
+                   help="with --model: calibrate weights trained on another contrast for "
+                        "--modality (recorded in the card), e.g. T1 weights for T1CE")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -215,12 +218,16 @@ def main(argv=None) -> int:
         if args.first_from:
             raise SystemExit("--first-from goes with --run, not --model")
         bundle = load_bundle(args.model)
-        if bundle.card.modality != args.modality:
-            raise SystemExit(f"--model {args.model} is a {bundle.card.modality} model, "
-                             f"not {args.modality}")
+        trained_on = bundle.card.modality
+        if trained_on != args.modality and not args.other_contrast:
+            raise SystemExit(f"--model {args.model} is a {trained_on} model, not "
+                             f"{args.modality} (--other-contrast uses it anyway)")
         bundle.card.name = args.name
+        bundle.card.modality = args.modality
         bundle.card.training = {**bundle.card.training,
                                 "recalibrated_from": f"{args.model} ({bundle.sha256[:12]})"}
+        if trained_on != args.modality:
+            bundle.card.training["weights_trained_on_contrast"] = trained_on
     else:
         bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half,
                                  first_from=args.first_from)

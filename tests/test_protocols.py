@@ -302,6 +302,9 @@ def test_evaluate_scores_both_protocols_end_to_end(val_data, tmp_path, monkeypat
             assert best >= honest - 1e-12 and best >= tuned - 1e-9  # the per-image oracle
             assert 0 <= tuned <= 1
         assert 0 < r["itermask"]["ssim_normal"] <= 1 and "ssim_normal" not in r["intensity"]
+        kept = r["still_masked"]  # the loop only ever shrinks its mask
+        assert 0 <= kept["lesion_end"] <= kept["lesion_first"] <= 1
+        assert 0 <= kept["healthy_end"] <= kept["healthy_first"] <= 1
     for m in methods:
         t = paper["tuned_on_test_labels"][m]
         assert t["mean_dice"] == pytest.approx(np.mean([r[m]["tuned"]["dice"]
@@ -318,6 +321,7 @@ def test_evaluate_scores_both_protocols_end_to_end(val_data, tmp_path, monkeypat
     for part in (clinical, paper_md):
         assert all(f"| {m} |" in part for m in methods)
     assert "tuned on test labels" in paper_md and "per-image best" in paper_md
+    assert "What the loop (`itermask`) kept masked" in paper_md
     assert "IterMask² is" in paper_md and "IterMask² is" in clinical
     # the paper protocol alone: no whole-volume table, the same slices and honest scores
     out2 = tmp_path / "paper"

@@ -147,6 +147,8 @@ def _replay_checks(side: dict, bundle, scan, args) -> None:
                           f"not {bundle.card.weights_sha256[:12]}… ({bundle.name}); pass "
                           "--model with those weights")
     mask = side.get("brain_mask")
+    if str(mask).startswith("automatic skull strip") and not args.skull_strip:
+        raise ParamsError(f"{args.params} used the automatic skull strip; pass --skull-strip")
     if mask and not str(mask).startswith("automatic") and not args.brain_mask:
         raise ParamsError(f"{args.params} used a brain mask ({mask}); pass it with --brain-mask")
     if side.get("input_sha256") and scan.sha256 and side["input_sha256"] != scan.sha256:
@@ -205,7 +207,8 @@ def _segment_one(args, inp: Path, target: Path) -> int:
     from .cohort import segment_and_write
     from .export import check_target, sidecar_path
     from .pipeline import pick_device
-    from .volume import load_brain_mask, load_scan
+    from .skullstrip import brain_for
+    from .volume import UnstrippedWarning, load_brain_mask, load_scan
 
     check_target(target, args.overwrite)
     err_path = _error_map_path(target)
@@ -216,8 +219,13 @@ def _segment_one(args, inp: Path, target: Path) -> int:
         warnings.simplefilter("always")
         scan = load_scan(inp, series=args.series)
     for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+        if not issubclass(w.category, UnstrippedWarning):  # refused or stripped just below
+            print(f"warning: {w.message}", file=sys.stderr)
     mask = load_brain_mask(args.brain_mask, scan) if args.brain_mask else None
+    if args.skull_strip and not args.quiet:
+        print(f"{inp.name}: skull stripping (template registration) …", file=sys.stderr)
+    mask, mask_source = brain_for(scan, mask, str(args.brain_mask) if args.brain_mask else None,
+                                  skull_strip=args.skull_strip, name=inp.name)
     if args.sidecar is not None and not args.model:
         spec, why = _sidecar_model(args.sidecar), f"from {args.params}"
         hints = contrast_hints(inp)
@@ -234,7 +242,7 @@ def _segment_one(args, inp: Path, target: Path) -> int:
     if args.sidecar is not None:
         _replay_checks(args.sidecar, bundle, scan, args)
     prov = segment_and_write(scan, bundle, target, args.run_params, brain_mask=mask,
-                             brain_mask_source=str(args.brain_mask) if args.brain_mask else None,
+                             brain_mask_source=mask_source,
                              batch_size=args.batch_size, save_error_map=args.save_error_map,
                              overwrite=args.overwrite, progress=progress)
     capped = prov["slices_capped"]
@@ -325,7 +333,8 @@ def _run_cohort(args, cases, mine, shard, out: Path, summary: Path) -> int:
     options = cohort.CaseOptions(
         output=str(out), model=args.model, device=args.device, params=args.run_params,
         batch_size=args.batch_size, save_error_map=args.save_error_map,
-        overwrite=args.overwrite, skip_existing=args.skip_existing, series=args.series)
+        overwrite=args.overwrite, skip_existing=args.skip_existing, series=args.series,
+        skull_strip=args.skull_strip)
     results: dict[str, cohort.CaseResult] = {}
     bar = cohort.CaseProgress(len(mine), enabled=not args.quiet)
     seen_models: set[str] = set()
@@ -515,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment lesions in one or more NIfTI scans")
     s.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="skull-stripped NIfTI scan(s), or DICOM series (folder or .zip), or a "
+                   help="skull-stripped NIfTI scan(s) (or heads, with --skull-strip), or DICOM "
+                        "series (folder or .zip), or a "
                         "quoted glob such as 'scans/*.nii.gz' (expanded here)")
     s.add_argument("-o", "--output", required=True,
                    help="label file for one input; a folder for a cohort (several inputs, a "
@@ -523,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--brain-mask", metavar="FILE", help="brain mask NIfTI on the scan's grid")
+    s.add_argument("--skull-strip", action="store_true",
+                   help="strip the skull here (the bundled MNI152 head template registered to "
+                        "the scan, offline, any contrast); needed for a scan with skull unless "
+                        "--brain-mask is given")
     s.add_argument("--series", metavar="INDEX_or_UID",
                    help="for a DICOM folder or zip holding several series: which one")
     s.add_argument("--threshold", type=float,

@@ -86,6 +86,7 @@ class CaseOptions:
     overwrite: bool = False
     skip_existing: bool = False
     series: str | None = None
+    skull_strip: bool = False  # --skull-strip: strip cases without a brain_mask of their own
 
 
 @dataclass
@@ -369,6 +370,7 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
     from .cli import BUNDLED_FOR, choose_model
     from .models import untrained_warning
     from .pipeline import pick_device
+    from .skullstrip import brain_for
     from .volume import load_brain_mask, load_scan
 
     start = time.perf_counter()
@@ -385,8 +387,10 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
     written: list[Path] = []
     try:
         scan = load_scan(case.path, series=options.series)
-        result.notes += [f"warning: {n}" for n in scan.notes]
+        result.notes += [f"warning: {n}" for n in scan.notes if "skull-stripped" not in n]
         mask = load_brain_mask(case.brain_mask, scan) if case.brain_mask else None
+        mask, mask_source = brain_for(scan, mask, case.brain_mask, name=Path(case.path).name,
+                                      skull_strip=options.skull_strip and mask is None)
         spec, hint, why = choose_model(case.path, case.model or options.model)
         if case.model:
             why = "the manifest"
@@ -401,7 +405,7 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
                                 f"(file name) but model {bundle.name!r} is for "
                                 f"{card.modality} scans{extra}")
         prov = segment_and_write(scan, bundle, targets["labels"], options.params,
-                                 brain_mask=mask, brain_mask_source=case.brain_mask,
+                                 brain_mask=mask, brain_mask_source=mask_source,
                                  batch_size=options.batch_size,
                                  save_error_map=options.save_error_map,
                                  overwrite=options.overwrite, written=written)

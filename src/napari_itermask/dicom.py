@@ -400,13 +400,14 @@ def _series_sha256(images: list[_Image]) -> str:
 
 
 def _scan(path: Path, series: _Series, info: SeriesInfo):
-    from .volume import Scan, _check_affine, _check_array
+    from .volume import Scan, _check_affine, _check_array, _check_stripped
 
     label = f"DICOM series {info.description!r} of {path.name}"
     images, affine = _geometry(series, label)
     notes: list[str] = []
     data = _check_array(_pixels(images, label), path.name, notes)
     affine = _check_affine(affine, path.name, notes)
+    _check_stripped(data, affine, path.name, notes)
     return Scan(data, affine, None, path, _series_sha256(images), notes)
 
 

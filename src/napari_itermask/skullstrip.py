@@ -7,8 +7,8 @@ works), carries the template's brain mask onto the scan's own voxel grid and cle
 (largest connected part, holes filled). Nothing is downloaded; the CLI (``segment
 --skull-strip``) and the widget ("Brain mask: automatic skull strip") both call this function.
 
-``looks_unstripped(scan)`` is the test the CLI uses to refuse a head given without
-``--skull-strip`` or ``--brain-mask``.
+``unstripped_reason(data, affine)`` is the test by which the CLI refuses a head given without
+``--skull-strip`` or ``--brain-mask`` (and ``volume`` warns about one elsewhere).
 """
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ from scipy import ndimage
 
 from .errors import InputError
 
-__all__ = ["brain_mask", "looks_unstripped", "UNSTRIPPED_SHARE", "unstripped_message",
-           "SOURCE", "template_files"]
+__all__ = ["brain_mask", "brain_for", "looks_unstripped", "unstripped_reason",
+           "unstripped_message", "SOURCE", "template_files"]
 
 TEMPLATE_DIR = Path(__file__).with_name("skullstrip_template")
 _T1 = "mni152_t1_2mm.nii.gz"
 _MASK = "mni152_brain_mask_2mm.nii.gz"
 SOURCE = "automatic skull strip (MNI152 2 mm template, affine registration)"
 
-# A skull-stripped scan has zeros around the brain; a head fills most of its field of view.
-UNSTRIPPED_SHARE = 0.6
+# A skull-stripped scan has zeros around the brain; a head fills most of its field of view, or
+# (in a wide field of view) holds more non-zero tissue than any brain has.
+UNSTRIPPED_SHARE = 0.6  # non-zero share of the field of view
+UNSTRIPPED_ML = 2500.0  # non-zero volume; brains with their CSF stay near or below 2 L
 _WORK_MM = 3.0  # registration runs on the scan resampled to this isotropic spacing
 
 
@@ -39,23 +41,52 @@ def template_files() -> tuple[Path, Path]:
     return TEMPLATE_DIR / _T1, TEMPLATE_DIR / _MASK
 
 
-def fov_share(data: np.ndarray) -> float:
-    """Share of the field of view that the automatic brain (voxels > 0) covers."""
+def _nonzero(data: np.ndarray) -> np.ndarray:
     data = np.asarray(data)
     with np.errstate(invalid="ignore"):
-        return float((np.isfinite(data) & (data > 0)).mean())
+        return np.isfinite(data) & (data > 0)
 
 
-def looks_unstripped(data: np.ndarray) -> bool:
-    """True when the automatic brain mask (voxels > 0) covers nearly the whole field of view
-    of a 3-D scan: a head with skull (or a non-zero background), not a stripped brain."""
+def unstripped_reason(data: np.ndarray, affine=None) -> str | None:
+    """Why the automatic brain mask (voxels > 0) of a 3-D scan looks like a whole head rather
+    than a skull-stripped brain, or None when it does not: it covers more than 60 % of the
+    field of view, or more than 2.5 L."""
     data = np.asarray(data)
-    return data.ndim == 3 and min(data.shape) > 1 and fov_share(data) > UNSTRIPPED_SHARE
+    if data.ndim != 3 or min(data.shape) <= 1:
+        return None
+    nz = _nonzero(data)
+    share = float(nz.mean())
+    if share > UNSTRIPPED_SHARE:
+        return f"{share:.0%} of the field of view is non-zero"
+    if affine is not None:
+        ml = float(nz.sum()) * abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+        if ml > UNSTRIPPED_ML:
+            return f"{ml / 1000:.1f} L of it is non-zero, more than any brain"
+    return None
 
 
-def unstripped_message(name: str, data: np.ndarray) -> str:
-    return (f"{name}: {fov_share(data):.0%} of the field of view is non-zero, so the scan looks "
-            "not skull-stripped; pass --skull-strip to strip it here, or --brain-mask FILE")
+def looks_unstripped(data: np.ndarray, affine=None) -> bool:
+    return unstripped_reason(data, affine) is not None
+
+
+def unstripped_message(name: str, data: np.ndarray, affine=None) -> str:
+    """The one line that refuses a head given without a brain mask."""
+    why = unstripped_reason(data, affine) or "it looks like a whole head"
+    return (f"{name} looks not skull-stripped ({why}); pass --skull-strip to strip it "
+            "here, or --brain-mask FILE")
+
+
+def brain_for(scan, mask, source, *, skull_strip: bool, name: str, threads=None):
+    """The brain mask and its source for a run of the command line: the given mask, the skull
+    strip's, or None (automatic, voxels > 0) for a stripped scan. Refuses (InputError, one
+    line) a head given with neither, and the two together."""
+    if skull_strip and mask is not None:
+        raise InputError("give --skull-strip or --brain-mask, not both")
+    if skull_strip:
+        return brain_mask(scan.data, scan.affine, threads=threads), SOURCE
+    if mask is None and looks_unstripped(scan.data, scan.affine):
+        raise InputError(unstripped_message(name, scan.data, scan.affine))
+    return mask, source
 
 
 # -- SimpleITK glue ----------------------------------------------------------------------------

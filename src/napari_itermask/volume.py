@@ -45,6 +45,7 @@ __all__ = [
     "normalise",
     "BACKGROUND",
     "ScanWarning",
+    "UnstrippedWarning",
 ]
 
 BACKGROUND = -3.0
@@ -52,6 +53,11 @@ BACKGROUND = -3.0
 
 class ScanWarning(UserWarning):
     """A recoverable oddity of the input (NaN voxels, shear, no skull stripping, …)."""
+
+
+class UnstrippedWarning(ScanWarning):
+    """The scan looks like a head with skull (``skullstrip.unstripped_reason``); the CLI refuses
+    such a scan unless it is stripped or given a brain mask."""
 
 
 @dataclass
@@ -119,14 +125,18 @@ def _check_array(raw: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
         raise InputError(f"{name} has no brain: no voxel is above zero (empty or all-zero image)")
     if (data < 0).any():
         _warn(notes, f"{name} has negative values; voxels <= 0 are treated as background")
-    share = float((data > 0).mean())
-    if data.ndim == 3 and share > 0.6:
-        _warn(
-            notes,
-            f"{name}: {share:.0%} of the field of view is non-zero; the head looks not "
-            "skull-stripped (or has a non-zero background) — results will suffer",
-        )
     return data
+
+
+def _check_stripped(data: np.ndarray, affine: np.ndarray, name: str, notes: list[str]) -> None:
+    from .skullstrip import unstripped_reason
+
+    why = unstripped_reason(data, affine)
+    if why:
+        msg = (f"{name} looks not skull-stripped ({why}); strip it (automatic skull strip) "
+               "or give a brain mask, or results will suffer")
+        notes.append(msg)
+        warnings.warn(msg, UnstrippedWarning, stacklevel=3)
 
 
 def _check_affine(affine: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
@@ -157,6 +167,7 @@ def load_scan(path, series=None) -> Scan:
     notes: list[str] = []
     data = _check_array(raw, path.name, notes)
     affine = _check_affine(img.affine, path.name, notes)
+    _check_stripped(data, affine, path.name, notes)
     return Scan(data, affine, img.header.copy(), path, sha256_file(path), notes)
 
 
@@ -166,6 +177,7 @@ def scan_from_array(data, affine=None, header=None, name: str = "image") -> Scan
     arr = _check_array(np.asarray(data), name, notes)
     affine = np.eye(4) if affine is None else affine
     affine = _check_affine(affine, name, notes)
+    _check_stripped(arr, affine, name, notes)
     return Scan(arr, affine, header, None, None, notes)
 
 

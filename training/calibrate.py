@@ -190,6 +190,9 @@ def build_parser():
                         "default: the model's own (docs/method.md §16)")
     p.add_argument("--complementary-masks", type=int, default=None, metavar="K",
                    help="blob masks of the complementary first step (2–8; default: the model's)")
+    p.add_argument("--context-gap", type=int, default=None, metavar="PX",
+                   help="also hide PX pixels around the mask from the masked net (0 = the "
+                        "paper; default: the model's; docs/method.md §17)")
     p.add_argument("--other-contrast", action="store_true",
                    help="with --model: calibrate weights trained on another contrast for "
                         "--modality (recorded in the card), e.g. T1 weights for T1CE")
@@ -244,6 +247,10 @@ def main(argv=None) -> int:
         except ValueError as exc:
             raise SystemExit(f"--radius-schedule: {exc}") from None
         bundle.card.radius_conditioning = rc.to_dict()
+    if args.context_gap is not None:
+        if not 0 <= args.context_gap <= 16:
+            raise SystemExit("--context-gap must be from 0 to 16 pixels")
+        bundle.card.context_gap = args.context_gap
     if args.first_step:
         bundle.card.first_step = args.first_step
     if args.complementary_masks is not None:
@@ -275,7 +282,7 @@ def main(argv=None) -> int:
         "false_positive_rate": args.fpr, "rim_px": int(args.rim), "data": val.meta,
         "slices": len(loop_val),
         "mean_iterations": float(state.iterations.mean()),
-        "first_step": bundle.card.first_step}
+        "first_step": bundle.card.first_step, "context_gap": bundle.card.context_gap}
     log(f"threshold = {thr:.5g} (healthy FPR {args.fpr}); mean iterations "
         f"{state.iterations.mean():.1f}")
     save_bundle(bundle, args.output, overwrite=args.overwrite)

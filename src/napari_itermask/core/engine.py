@@ -56,6 +56,11 @@ masked net run on ``complementary_masks`` complementary blob masks of the brain 
 exactly one; each mask reconstructed from the rest of the slice plus x_f, so no pixel sees
 itself); ``"both"`` keeps, per pixel, the larger of the two errors, so a pixel is declared normal
 only when both agree. The blobs are drawn from (seed, slice): ``blob_partition``.
+
+``context_gap`` (a project option, 0 in the paper): the masked net's hole is the mask grown by
+that many pixels within the brain (``hole``); only the mask's own pixels are judged against τ.
+Pixels just unmasked next to the mask — the eroded rim of a lesion — then stop serving as
+context from which the net paints the rest of the lesion back in (docs/method.md §17).
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ __all__ = [
     "run",
     "run_to_end",
     "masked_net_input",
+    "hole",
     "error_scale",
     "reconstruct_at",
     "slice_noise",
@@ -117,6 +123,7 @@ class EngineConfig:
     residual_scale: ResidualScale | None = None  # None: the plain squared error (the paper)
     first_step: str = "f1"  # f1 (the paper), complementary (masked net on blob masks), both
     complementary_masks: int = 3  # blob masks of the complementary first step
+    context_gap: int = 0  # px around the mask also hidden from the masked net; 0 = the paper
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -135,6 +142,9 @@ class EngineConfig:
             raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}")
         if self.first_step not in FIRST_STEPS:
             raise ValueError(f"first_step must be one of {', '.join(FIRST_STEPS)}")
+        if isinstance(self.context_gap, bool) or int(self.context_gap) != self.context_gap or \
+                not 0 <= self.context_gap <= 16:
+            raise ValueError("context_gap must be a whole number of pixels from 0 to 16")
         if (isinstance(self.complementary_masks, bool) or int(self.complementary_masks)
                 != self.complementary_masks or not 2 <= self.complementary_masks <= 8):
             raise ValueError("complementary_masks must be a whole number from 2 to 8")
@@ -172,6 +182,7 @@ class EngineConfig:
             residual_scale=ResidualScale.from_dict(getattr(card, "residual_scale", None)),
             first_step=getattr(card, "first_step", "f1"),
             complementary_masks=int(getattr(card, "complementary_masks", 3)),
+            context_gap=int(getattr(card, "context_gap", 0)),
         )
 
 
@@ -289,17 +300,30 @@ def masked_net_input(x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
     """What the masked net is given for masks ``mask`` (all (B, 1, H, W)), as the loop gives it:
     ``net_input.masked_input`` with x_f at the config's radius (``xf`` if already computed), or,
     radius-conditioned, at the radius that each mask's share of ``brain`` calls for together
-    with its level. τ calibration calls this too."""
+    with its level. With a ``context_gap`` the net's hole is the mask grown by that many pixels
+    within the brain (``hole``). τ calibration calls this too."""
     rc = cfg.radius_conditioning
+    hidden = hole(mask, brain, cfg.context_gap)
     if rc is None:
         if xf is None:
             xf = high_pass(x[:, 0], cfg.radius)[:, None]
-        return masked_input(x, mask, noise, xf, cfg.masked_guidance)
+        return masked_input(x, hidden, noise, xf, cfg.masked_guidance)
     share = mask.sum((1, 2, 3)).double() / brain.sum((1, 2, 3)).clamp(min=1).double()
     radii = [rc.radius(v) for v in share.tolist()]
     xf = high_pass_radii(x[:, 0], radii)[:, None]
     level = torch.tensor([rc.level(r) for r in radii], device=x.device)
-    return masked_input(x, mask, noise, xf, cfg.masked_guidance, level)
+    return masked_input(x, hidden, noise, xf, cfg.masked_guidance, level)
+
+
+def hole(mask: torch.Tensor, brain: torch.Tensor, gap: int) -> torch.Tensor:
+    """The pixels the masked net is not shown, (B, 1, H, W) bool: the mask itself (``gap`` 0, the
+    paper), or the mask grown by ``gap`` pixels (square neighbourhood) within the brain, so that
+    already unmasked pixels next to the mask — a lesion's eroded rim — give the net no context."""
+    if not gap:
+        return mask
+    grown = torch.nn.functional.max_pool2d(mask.float(), 2 * int(gap) + 1, stride=1,
+                                           padding=int(gap)) > 0
+    return mask | (grown & brain.bool())
 
 
 def error_scale(slices: np.ndarray, brain: np.ndarray, cfg: EngineConfig) -> np.ndarray | None:

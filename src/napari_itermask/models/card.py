@@ -47,7 +47,7 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _NUMBERS = ("pixel_size_mm", "frequency_radius", "error_smoothing", "first_unmask",
             "stop_shrink", "tau", "threshold")
 _COUNTS = ("grid_size", "max_iter", "complementary_masks")  # whole numbers >= 1
-_SIZES = ("min_brain_pixels",)  # whole numbers >= 0
+_SIZES = ("min_brain_pixels", "context_gap")  # whole numbers >= 0
 CARD_MAX_BYTES = 4 << 20  # a card is a few kB; anything this large is not one
 _TEXTS = ("name", "modality", "preset", "normalisation", "error", "weights_sha256", "first_step",
           "intended_use", "format", "version")
@@ -84,6 +84,7 @@ class ModelCard:
     # complementary blob masks) or both (per pixel the larger error)
     first_step: str = "f1"
     complementary_masks: int = 3
+    context_gap: int = 0  # px around the mask also hidden from the masked net; 0 = the paper
     first_unmask: float = 0.4
     stop_shrink: float = 0.01
     max_iter: int = 20
@@ -125,6 +126,8 @@ class ModelCard:
             raise ModelError(f"model card: radius_conditioning is invalid ({exc})") from None
         if d.get("first_step", "f1") not in FIRST_STEPS:
             raise ModelError(f"model card: first_step must be one of {', '.join(FIRST_STEPS)}")
+        if d.get("context_gap", 0) not in range(0, 17):
+            raise ModelError("model card: context_gap must be a whole number from 0 to 16")
         if d.get("complementary_masks", 3) not in range(2, 9):
             raise ModelError("model card: complementary_masks must be a whole number from 2 to 8")
         try:

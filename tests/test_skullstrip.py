@@ -133,3 +133,29 @@ def test_cli_skull_strip_segments_a_head(tmp_path, capsys, head_nifti, tiny_mode
     side = json.loads(out.with_suffix("").with_suffix(".json").read_text())
     assert side["brain_mask"] == skullstrip.SOURCE
     assert lab.any() and (lab & brain).sum() > 0.9 * lab.sum()  # labels stay inside the brain
+
+
+@pytest.mark.gui
+def test_widget_choice_strips_the_head_in_the_worker(make_napari_viewer, qtbot, head_nifti,
+                                                      tiny_model_dir, monkeypatch):
+    pytest.importorskip("napari")
+    from napari_itermask._plugin import IterMaskWidget
+    from napari_itermask._plugin.inputs import SKULL_STRIP
+    from napari_itermask._reader import napari_get_reader
+
+    p, brain = head_nifti
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in napari_get_reader(str(p))(str(p)):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    w = IterMaskWidget(viewer)
+    qtbot.addWidget(w)
+    assert w.set_model(str(tiny_model_dir))
+    w.inputs.device.value = "cpu"
+    assert (SKULL_STRIP, SKULL_STRIP) in w.inputs._brain_choices()
+    w.inputs.brain.value = SKULL_STRIP
+    assert w.inputs.skull_strip and w.inputs.brain_layer is None
+    assert w.step()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    job = w._current_session().job
+    assert job.brain_mask_source == skullstrip.SOURCE
+    assert 0.8 < job.volume.scan_brain.sum() / brain.sum() < 1.2

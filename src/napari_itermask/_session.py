@@ -53,6 +53,7 @@ class RunRequest:
     name: str = "image"
     brain_mask: np.ndarray | None = None  # scan shape, bool; None = automatic
     brain_mask_source: str | None = None  # e.g. "layer 'brain'" (recorded in the sidecar)
+    skull_strip: bool = False  # the brain mask comes from skullstrip.brain_mask (in the worker)
     params: RunParams = field(default_factory=RunParams)  # None values: the model card's
 
 
@@ -251,10 +252,18 @@ def _prepare(session: Session, loader) -> Iterator:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScanWarning)  # they are in scan.notes
         scan = scan_from_array(req.data, req.affine, req.header, name=req.name)
+    given = req.skull_strip or req.brain_mask is not None
     for msg in scan.notes:
-        yield Note(msg, warning=True)
-    job = Job.create(scan, bundle, req.params, brain_mask=req.brain_mask,
-                     brain_mask_source=req.brain_mask_source)
+        if not (given and "skull-stripped" in msg):  # a head, but its brain is given or found
+            yield Note(msg, warning=True)
+    brain_mask, source = req.brain_mask, req.brain_mask_source
+    if req.skull_strip:
+        from . import skullstrip
+
+        yield Note("skull stripping (the template registered to the scan) …")
+        brain_mask, source = skullstrip.brain_mask(scan.data, scan.affine), skullstrip.SOURCE
+    job = Job.create(scan, bundle, req.params, brain_mask=brain_mask,
+                     brain_mask_source=source)
     session.tau = job.config.tau
     session.review = ReviewState.from_card(bundle.card, req.params)
     session.job = job

@@ -22,10 +22,12 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QPushButton, Q
 
 from .common import hint, notify, signals_blocked, unwrap
 
-__all__ = ["InputsPanel", "DEVICES", "AUTO_BRAIN", "image_contrast", "contrast_warning"]
+__all__ = ["InputsPanel", "DEVICES", "AUTO_BRAIN", "SKULL_STRIP", "image_contrast",
+           "contrast_warning"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUTO_BRAIN = "automatic (voxels > 0)"
+SKULL_STRIP = "automatic skull strip"  # the choice's text and its value (skullstrip.py)
 NO_TRUTH = "none"
 WARN = "color: #ff6060; font-weight: bold;"
 CAUTION = "color: #ffa040;"
@@ -84,8 +86,10 @@ class InputsPanel(QWidget):
         self.device = ComboBox(choices=DEVICES, value="auto",
                                tooltip="Where the networks run; auto: a GPU if there is one")
         self.brain = ComboBox(choices=self._brain_choices,
-                              tooltip="Brain mask: automatic (a skull-stripped scan's voxels > 0)"
-                                      " or a Labels layer on this image")
+                              tooltip="Brain mask: automatic (a skull-stripped scan's voxels > 0),"
+                                      " automatic skull strip (a head with skull: the bundled "
+                                      "template registered to it, offline) or a Labels layer "
+                                      "on this image")
         self.truth = ComboBox(choices=self._truth_choices,
                               tooltip="A ground-truth Labels layer: the review shows Dice "
                                       "against it (none: no Dice)")
@@ -160,7 +164,7 @@ class InputsPanel(QWidget):
         return [(lyr.name, lyr) for lyr in self._layers() if isinstance(lyr, Labels)]
 
     def _brain_choices(self, _widget=None):
-        return [(AUTO_BRAIN, None), *self._labels()]
+        return [(AUTO_BRAIN, None), (SKULL_STRIP, SKULL_STRIP), *self._labels()]
 
     def _truth_choices(self, _widget=None):
         return [(NO_TRUTH, None), *self._labels()]
@@ -180,7 +184,14 @@ class InputsPanel(QWidget):
 
     @property
     def brain_layer(self):
-        return self.brain.value
+        """The Labels layer chosen as brain mask, or None (automatic or skull strip)."""
+        value = self.brain.value
+        return None if value is None or value == SKULL_STRIP else value
+
+    @property
+    def skull_strip(self) -> bool:
+        """Whether the brain mask is to come from the automatic skull strip."""
+        return self.brain.value == SKULL_STRIP
 
     @property
     def truth_layer(self):

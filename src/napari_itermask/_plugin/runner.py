@@ -97,14 +97,14 @@ class Runner:
             model=str(spec), device=inputs.device.value, data=data, affine=affine,
             header=(src.metadata or {}).get("header"), name=src.name, brain_mask=brain,
             brain_mask_source=f"layer '{blayer.name}'" if blayer is not None else None,
-            params=params)
+            skull_strip=inputs.skull_strip, params=params)
 
     def request_key(self, src) -> tuple:
         """What a run depends on: a Run with other inputs starts a new history."""
         i = self.host.inputs
         brain = i.brain_layer
         return (id(src), str(i.model_spec), i.device.value,
-                id(brain) if brain is not None else None, i.max_iter_value(),
+                id(brain) if brain is not None else i.skull_strip, i.max_iter_value(),
                 i.first_unmask_value(), int(i.seed.value))
 
     def start(self, steps=None, tau=None) -> bool:

@@ -110,8 +110,10 @@ def run_bet(data, affine, python):
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "head.nii.gz", Path(tmp) / "mask.nii.gz"
         nib.save(nib.Nifti1Image(data, affine), str(src))
-        subprocess.run([python, "-c", _BET, str(src), str(dst)], check=True,
-                       capture_output=True, env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+        done = subprocess.run([python, "-c", _BET, str(src), str(dst)], capture_output=True,
+                              text=True, env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+        if done.returncode:
+            raise RuntimeError((done.stderr.strip().splitlines() or ["failed"])[-1])
         return np.asarray(nib.load(str(dst)).dataobj) > 0
 
 
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     if args.bet_python:
         candidates["brainextractor"] = lambda d, a: run_bet(d, a, args.bet_python)
     rows = []
-    print(f"{'head':<22}{'candidate':<16}{'Dice':>7}{'sens':>7}{'prec':>7}{'s/head':>8}")
+    print(f"{'head':<30}{'candidate':<16}{'Dice':>7}{'sens':>7}{'prec':>7}{'s/head':>8}")
     for name in args.heads:
         data, affine, ref = load_head(name)
         vox = "x".join(f"{v:g}" for v in np.linalg.norm(affine[:3, :3], axis=0))
@@ -152,11 +154,11 @@ def main(argv=None) -> int:
                            sens=tp / max(1, ref.sum()), prec=tp / max(1, m.sum()), seconds=dt,
                            error=err)
                 rows.append(row)
-                print(f"{row['head']:<22}{cand:<16}{row['dice']:7.3f}{row['sens']:7.3f}"
+                print(f"{row['head']:<30}{cand:<16}{row['dice']:7.3f}{row['sens']:7.3f}"
                       f"{row['prec']:7.3f}{dt:8.1f}" + (f"  {err}" if err else ""), flush=True)
     for cand in candidates:
         mine = [r for r in rows if r["candidate"] == cand]
-        print(f"{'mean':<22}{cand:<16}{np.mean([r['dice'] for r in mine]):7.3f}"
+        print(f"{'mean':<30}{cand:<16}{np.mean([r['dice'] for r in mine]):7.3f}"
               f"{np.mean([r['sens'] for r in mine]):7.3f}{np.mean([r['prec'] for r in mine]):7.3f}"
               f"{np.mean([r['seconds'] for r in mine]):8.1f}  min Dice "
               f"{min(r['dice'] for r in mine):.3f}")

@@ -34,7 +34,7 @@ SOURCE = "automatic skull strip (MNI152 2 mm template, affine registration)"
 # (in a wide field of view) holds more non-zero tissue than any brain has.
 UNSTRIPPED_SHARE = 0.6  # non-zero share of the field of view
 UNSTRIPPED_ML = 2500.0  # non-zero volume; brains with their CSF stay near or below 2 L
-_WORK_MM = 3.0  # registration runs on the scan resampled to this isotropic spacing
+_WORK_MM = 2.0  # registration runs on the scan resampled to this isotropic spacing (mm)
 
 
 def template_files() -> tuple[Path, Path]:
@@ -145,7 +145,8 @@ def _template():
 
 
 def _register(fixed, moving, seed: int):
-    """Affine (12 parameters) moving → fixed, Mattes mutual information, three levels."""
+    """Affine (12 parameters) moving → fixed, Mattes mutual information on 10 % of the voxels,
+    three levels (8, 4 and 2 mm on the 2 mm work grid)."""
     sitk = _sitk()
     init = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.AffineTransform(3),
@@ -153,7 +154,7 @@ def _register(fixed, moving, seed: int):
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.25, seed=seed)
+    reg.SetMetricSamplingPercentage(0.1, seed=seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
                                                  numberOfIterations=200, relaxationFactor=0.6)

@@ -154,3 +154,23 @@ def test_calibrate_standardise_fits_the_table_on_healthy_data(tmp_path):
     rs = ResidualScale.from_dict(s.residual_scale)
     assert rs is not None and s.tau_derivation["standardised"]
     assert s.tau != p.tau and s.threshold != p.threshold
+
+
+def test_the_no_iteration_threshold_reads_the_same_map_as_its_test_cases():
+    """evaluate's first_error is the loop's first state, standardised like it (a healthy
+    threshold taken on f1's plain error would not fit the maps it is applied to)."""
+    from training.evaluate import first_error
+    from conftest import perturbed_bundle
+
+    rng = np.random.default_rng(1)
+    brain = _square(3)
+    x = np.where(brain, rng.normal(1, 0.5, brain.shape), -3).astype(np.float32)
+    b = perturbed_bundle()
+    b.card.min_brain_pixels = 5
+    plain = first_error(b, x, brain)
+    b.card.residual_scale = EDGE_ONLY.to_dict()
+    std = first_error(b, x, brain)
+    st = next(run(x, brain, b.first, b.masked, EngineConfig.from_card(b.card)))
+    np.testing.assert_allclose(std, st.error, atol=1e-6)
+    edge = brain & (edge_distance(brain) == 1)
+    np.testing.assert_allclose(std[edge], plain[edge] / 9.0, rtol=1e-5)

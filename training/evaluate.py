@@ -57,7 +57,6 @@ from napari_itermask import synth
 from napari_itermask.core.calibration import threshold_from_healthy
 from napari_itermask.core.engine import SKIPPED, IterationState
 from napari_itermask.core.engine import run as run_loop
-from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.metrics import (
     best_threshold_dice,
     dice,
@@ -91,10 +90,15 @@ def _recon_error(recon, x: np.ndarray, brain: np.ndarray, polarity: str,
     return out
 
 
-def first_error(bundle, x: np.ndarray, brain: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The "no iterations" ablation: f1's error, with the card's polarity."""
-    return _recon_error(lambda xt: bundle.first(high_pass(xt, bundle.card.frequency_radius)),
-                        x, brain, bundle.card.error_polarity, batch)
+def first_error(bundle, x: np.ndarray, brain: np.ndarray, batch: int = 32,
+                seed: int = 0) -> np.ndarray:
+    """The "no iterations" ablation's map: the loop's own first step on (N, H, W) slices — f1's
+    error in the paper, with everything the card adds (polarity, first step, standardised
+    residual, smoothing, rim) — so that its healthy threshold and its test maps (the first state
+    of each case's loop) are one computation. Skipped slices (too little brain) map to 0."""
+    cfg = engine_config(bundle.card, seed=seed, max_iter=1, batch_size=batch)
+    first = next(run_loop(x, brain, bundle.first, bundle.masked, cfg), None)
+    return np.zeros_like(x, dtype=np.float32) if first is None else first.error
 
 
 def baseline_error(model, x: np.ndarray, brain: np.ndarray, polarity: str = "both",
@@ -417,9 +421,9 @@ def main(argv=None) -> int:
 
     thr = {
         "itermask": bundle.card.threshold,
-        "no-iteration": threshold_from_healthy(
-            smoothed(first_error(bundle, val.x, val.brain), val.brain, val_region), val_region,
-            args.fpr),
+        # the engine's first state is already smoothed and cut to the rim, like the loop's
+        "no-iteration": threshold_from_healthy(first_error(bundle, val.x, val.brain), val_region,
+                                               args.fpr),
     }
     variants = {}
     if args.no_freq_model:

@@ -10,12 +10,12 @@ from functools import lru_cache
 import nibabel as nib
 import numpy as np
 import pytest
+from _cli_support import assert_one_line_error, run_cli
 from nibabel.processing import resample_from_to
 
 from napari_itermask import skullstrip
 from napari_itermask.errors import InputError
 from napari_itermask.volume import ScanWarning, UnstrippedWarning, scan_from_array
-from _cli_support import assert_one_line_error, run_cli
 
 SHAPE = (46, 54, 46)
 VOX = 4.0
@@ -132,6 +132,7 @@ def test_cli_skull_strip_segments_a_head(tmp_path, capsys, head_nifti, tiny_mode
     lab = np.asarray(nib.load(str(out)).dataobj) > 0
     side = json.loads(out.with_suffix("").with_suffix(".json").read_text())
     assert side["brain_mask"] == skullstrip.SOURCE
+    assert not any(skullstrip.UNSTRIPPED_NOTE in w for w in side["warnings"])
     assert lab.any() and (lab & brain).sum() > 0.9 * lab.sum()  # labels stay inside the brain
 
 
@@ -159,3 +160,20 @@ def test_widget_choice_strips_the_head_in_the_worker(make_napari_viewer, qtbot, 
     job = w._current_session().job
     assert job.brain_mask_source == skullstrip.SOURCE
     assert 0.8 < job.volume.scan_brain.sum() / brain.sum() < 1.2
+
+
+def test_cohort_fails_a_head_case_unless_skull_strip(tmp_path, capsys, head_nifti,
+                                                     tiny_model_dir):
+    p, _ = head_nifti
+    folder = tmp_path / "heads"
+    folder.mkdir()
+    p.rename(folder / p.name)
+    out = tmp_path / "out"
+    args = ["segment", "--folder", folder, "-o", out, "--model", tiny_model_dir, "-q",
+            "--max-iter", 2]
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0 and "--skull-strip" in err
+    assert not list(out.glob("*.nii.gz"))
+    code, _, err = run_cli(capsys, *args, "--skull-strip", "--overwrite")
+    assert code == 0, err
+    assert len(list(out.glob("*.nii.gz"))) == 1

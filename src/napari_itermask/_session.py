@@ -254,7 +254,7 @@ def _prepare(session: Session, loader) -> Iterator:
         scan = scan_from_array(req.data, req.affine, req.header, name=req.name)
     given = req.skull_strip or req.brain_mask is not None
     for msg in scan.notes:
-        if not (given and "skull-stripped" in msg):  # a head, but its brain is given or found
+        if not (given and "looks not skull-stripped" in msg):  # a head, but its brain is given or found
             yield Note(msg, warning=True)
     brain_mask, source = req.brain_mask, req.brain_mask_source
     if req.skull_strip:

@@ -387,10 +387,10 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
     written: list[Path] = []
     try:
         scan = load_scan(case.path, series=options.series)
-        result.notes += [f"warning: {n}" for n in scan.notes if "skull-stripped" not in n]
         mask = load_brain_mask(case.brain_mask, scan) if case.brain_mask else None
         mask, mask_source = brain_for(scan, mask, case.brain_mask, name=Path(case.path).name,
                                       skull_strip=options.skull_strip and mask is None)
+        result.notes += [f"warning: {n}" for n in scan.notes]
         spec, hint, why = choose_model(case.path, case.model or options.model)
         if case.model:
             why = "the manifest"

@@ -22,8 +22,15 @@ from scipy import ndimage
 
 from .errors import InputError
 
-__all__ = ["brain_mask", "brain_for", "looks_unstripped", "unstripped_reason",
-           "unstripped_message", "SOURCE", "template_files"]
+__all__ = [
+    "SOURCE",
+    "brain_for",
+    "brain_mask",
+    "looks_unstripped",
+    "template_files",
+    "unstripped_message",
+    "unstripped_reason",
+]
 
 TEMPLATE_DIR = Path(__file__).with_name("skullstrip_template")
 _T1 = "mni152_t1_2mm.nii.gz"
@@ -33,6 +40,7 @@ SOURCE = "automatic skull strip (MNI152 2 mm template, affine registration)"
 # A skull-stripped scan has zeros around the brain; a head fills most of its field of view, or
 # (in a wide field of view) holds more non-zero tissue than any brain has.
 UNSTRIPPED_SHARE = 0.6  # non-zero share of the field of view
+UNSTRIPPED_NOTE = "looks not skull-stripped"  # in volume's warning and the refusal
 UNSTRIPPED_ML = 2500.0  # non-zero volume; brains with their CSF stay near or below 2 L
 _WORK_MM = 2.0  # registration runs on the scan resampled to this isotropic spacing (mm)
 
@@ -72,7 +80,7 @@ def looks_unstripped(data: np.ndarray, affine=None) -> bool:
 def unstripped_message(name: str, data: np.ndarray, affine=None) -> str:
     """The one line that refuses a head given without a brain mask."""
     why = unstripped_reason(data, affine) or "it looks like a whole head"
-    return (f"{name} looks not skull-stripped ({why}); pass --skull-strip to strip it "
+    return (f"{name} {UNSTRIPPED_NOTE} ({why}); pass --skull-strip to strip it "
             "here, or --brain-mask FILE")
 
 
@@ -83,9 +91,11 @@ def brain_for(scan, mask, source, *, skull_strip: bool, name: str, threads=None)
     if skull_strip and mask is not None:
         raise InputError("give --skull-strip or --brain-mask, not both")
     if skull_strip:
-        return brain_mask(scan.data, scan.affine, threads=threads), SOURCE
-    if mask is None and looks_unstripped(scan.data, scan.affine):
+        mask, source = brain_mask(scan.data, scan.affine, threads=threads), SOURCE
+    elif mask is None and looks_unstripped(scan.data, scan.affine):
         raise InputError(unstripped_message(name, scan.data, scan.affine))
+    if mask is not None:  # the head's warning no longer applies (nor goes into the sidecar)
+        scan.notes[:] = [n for n in scan.notes if UNSTRIPPED_NOTE not in n]
     return mask, source
 
 

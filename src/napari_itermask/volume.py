@@ -129,11 +129,11 @@ def _check_array(raw: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
 
 
 def _check_stripped(data: np.ndarray, affine: np.ndarray, name: str, notes: list[str]) -> None:
-    from .skullstrip import unstripped_reason
+    from .skullstrip import UNSTRIPPED_NOTE, unstripped_reason
 
     why = unstripped_reason(data, affine)
     if why:
-        msg = (f"{name} looks not skull-stripped ({why}); strip it (automatic skull strip) "
+        msg = (f"{name} {UNSTRIPPED_NOTE} ({why}); strip it (automatic skull strip) "
                "or give a brain mask, or results will suffer")
         notes.append(msg)
         warnings.warn(msg, UnstrippedWarning, stacklevel=3)

@@ -12,7 +12,10 @@ wheel=$(ls "$tmp"/dist/napari_itermask-*.whl)
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 need = ["napari_itermask/napari.yaml", "napari_itermask/models/bundled/flair/card.json",
-        "napari_itermask/models/bundled/flair/weights.safetensors"]
+        "napari_itermask/models/bundled/flair/weights.safetensors",
+        "napari_itermask/skullstrip_template/mni152_t1_2mm.nii.gz",
+        "napari_itermask/skullstrip_template/mni152_brain_mask_2mm.nii.gz",
+        "napari_itermask/skullstrip_template/NOTICE.txt"]
 missing = [n for n in need if n not in names]
 if missing:
     sys.exit(f"wheel lacks {missing}")

@@ -96,3 +96,20 @@ def test_cards_carry_the_gap():
     assert EngineConfig.from_card(ModelCard.from_dict({**d, "context_gap": 3})).context_gap == 3
     with pytest.raises(ModelError, match="context_gap"):
         ModelCard.from_dict({**d, "context_gap": 40})
+
+
+def test_users_are_told_every_option_beyond_the_paper():
+    from napari_itermask.models import new_card, options_note
+
+    card = new_card("p", "t2", "tiny")
+    assert options_note(card) == "" and options_note(card.to_dict()) == ""
+    card.context_gap, card.error_smoothing, card.error_polarity = 2, 1.0, "bright"
+    card.residual_scale = {"xf_edges": [1.0], "dist_edges": [1.5], "expected": [[1, 1], [1, 1]]}
+    card.first_step, card.masked_guidance = "both", False
+    card.radius_conditioning = {"low": 15, "high": 40, "trained": [15, 40]}
+    note = options_note(card)
+    for words in ("bright deviations only", "smoothed (σ 1 px)", "context gap 2 px",
+                  "standardised residual", "radius-conditioned", "first step: both",
+                  "without x_f"):
+        assert words in note
+    assert options_note(card.to_dict()) == note

@@ -380,7 +380,7 @@ def _run_cohort(args, cases, mine, shard, out: Path, summary: Path) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models, polarity_note
+    from .models import list_models, options_note
 
     models = list_models()
     if args.json:
@@ -394,7 +394,7 @@ def cmd_models(args) -> int:
             print(f"{m['name']:<10} [{m['source']}] unusable: {m['problem']}")
             continue
         state = "trained" if m.get("trained") else "UNTRAINED placeholder"
-        sided = polarity_note(m.get("error_polarity", "both"))
+        sided = options_note(m)
         sided = f", {sided}" if sided else ""
         print(f"{m['name']:<10} [{m['source']}] {m['modality']}, preset {m['preset']}, {state}; "
               f"tau={m['tau']:.4g}, threshold={m['threshold']:.4g} "

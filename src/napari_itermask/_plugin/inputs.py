@@ -294,7 +294,7 @@ class InputsPanel(QWidget):
             return None
 
     def _on_model(self, *_):
-        from ..models import polarity_note, untrained_warning
+        from ..models import options_note, untrained_warning
 
         card = self.card()
         self.untrained_note.hide()
@@ -303,7 +303,7 @@ class InputsPanel(QWidget):
         elif card is None:
             self.model_info.setText("This model cannot be read.")
         else:
-            sided = polarity_note(card.error_polarity)
+            sided = options_note(card)
             self.model_info.setText(
                 f"{card.modality.upper()}, preset {card.preset}; calibrated τ {card.tau:.4g}, "
                 f"threshold {card.threshold:.4g}" + (f"; {sided}" if sided else ""))

@@ -32,6 +32,7 @@ __all__ = [
     "ModelCard",
     "new_card",
     "polarity_note",
+    "options_note",
     "read_card",
     "untrained_warning",
 ]
@@ -198,6 +199,30 @@ def polarity_note(polarity: str) -> str:
     """What users should be told about a card's ``error_polarity``: nothing for the paper's
     two-sided error, else which deviations alone count."""
     return "" if polarity == "both" else f"error counts {polarity} deviations only"
+
+
+def options_note(card) -> str:
+    """The options beyond the paper that a card (a ``ModelCard`` or its dict) sets, in words,
+    "; "-separated; empty for the paper's method."""
+    def get(key, default):
+        return card.get(key, default) if isinstance(card, dict) else getattr(card, key, default)
+
+    notes = [polarity_note(get("error_polarity", "both"))]
+    if get("error_smoothing", 0.0):
+        notes.append(f"error smoothed (σ {get('error_smoothing', 0.0):g} px)")
+    if get("error_rim", 0):
+        notes.append(f"outer {get('error_rim', 0)} px of the brain ignored")
+    if get("residual_scale", {}):
+        notes.append("standardised residual")
+    if get("context_gap", 0):
+        notes.append(f"context gap {get('context_gap', 0)} px")
+    if get("radius_conditioning", {}):
+        notes.append("radius-conditioned masked net")
+    if get("first_step", "f1") != "f1":
+        notes.append(f"first step: {get('first_step', 'f1')}")
+    if not get("masked_guidance", True):
+        notes.append("masked net without x_f")
+    return "; ".join(n for n in notes if n)
 
 
 def untrained_warning(card) -> str | None:

@@ -138,8 +138,8 @@ def test_reconstruct_at_recomputes_the_conditioned_inputs():
 
     card = new_card("rc", "flair", "tiny")
     card.radius_conditioning = RC.to_dict()
+    torch.manual_seed(0)  # before the nets are built: their initialisation draws from it too
     b = ModelBundle.fresh(card)
-    torch.manual_seed(1)
     for net in (b.first, b.masked):
         torch.nn.init.normal_(net.out.weight, std=0.05)
     assert b.masked.inp.in_channels == 3

@@ -30,7 +30,7 @@ from napari_itermask.core.calibration import tau_from_masked_errors, threshold_f
 from napari_itermask.core.conditioning import RadiusConditioning
 from napari_itermask.core.engine import error_scale, masked_net_input, run_to_end
 from napari_itermask.core.frequency import high_pass
-from napari_itermask.core.first_step import FIRST_STEPS
+from napari_itermask.core.first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
 from napari_itermask.core.masks import MaskSampler
 from napari_itermask.core.residual import ResidualScale, fit_residual_scale
 from napari_itermask.core.segmentation import (
@@ -254,8 +254,9 @@ def main(argv=None) -> int:
     if args.first_step:
         bundle.card.first_step = args.first_step
     if args.complementary_masks is not None:
-        if not 2 <= args.complementary_masks <= 8:
-            raise SystemExit("--complementary-masks must be from 2 to 8")
+        if args.complementary_masks not in COMPLEMENTARY_MASKS:
+            raise SystemExit(f"--complementary-masks must be from {COMPLEMENTARY_MASKS[0]} to "
+                             f"{COMPLEMENTARY_MASKS[-1]}")
         bundle.card.complementary_masks = args.complementary_masks
     if args.standardise:
         rs = fit_scale(bundle, val, args.seed)

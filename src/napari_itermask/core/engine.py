@@ -74,7 +74,7 @@ import torch
 
 from .frequency import high_pass, high_pass_radii
 from .conditioning import RadiusConditioning
-from .first_step import FIRST_STEPS
+from .first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
 from .net_input import masked_input
 from .residual import ResidualScale
 from .segmentation import POLARITIES, inner_region, smooth_within, squared_error
@@ -146,8 +146,9 @@ class EngineConfig:
                 not 0 <= self.context_gap <= 16:
             raise ValueError("context_gap must be a whole number of pixels from 0 to 16")
         if (isinstance(self.complementary_masks, bool) or int(self.complementary_masks)
-                != self.complementary_masks or not 2 <= self.complementary_masks <= 8):
-            raise ValueError("complementary_masks must be a whole number from 2 to 8")
+                != self.complementary_masks or self.complementary_masks not in COMPLEMENTARY_MASKS):
+            raise ValueError("complementary_masks must be a whole number from "
+                             f"{COMPLEMENTARY_MASKS[0]} to {COMPLEMENTARY_MASKS[-1]}")
 
     @classmethod
     def from_card(cls, card, params=None, *, batch_size: int = 32,
@@ -215,14 +216,18 @@ def slice_noise(seed: int, slice_id: int, iteration: int, shape: tuple[int, int]
     return torch.randn(shape, generator=g)
 
 
+def _noise(idx: np.ndarray, ids, iteration: int, seed: int, shape, device) -> torch.Tensor:
+    """The noise draws of slices ``idx`` at ``iteration``, (B, 1, H, W)."""
+    eps = torch.stack([slice_noise(seed, ids[i], iteration, shape) for i in idx])
+    return eps.to(device)[:, None]
+
+
 def _mask_and_noise(masks: np.ndarray, idx: np.ndarray, ids, iteration: int, seed: int,
                     device) -> tuple[torch.Tensor, torch.Tensor]:
     """The masks of slices ``idx`` and their noise draws at ``iteration``, as (B, 1, H, W)
     tensors: what the loop and ``reconstruct_at`` feed the masked net."""
-    shape = masks.shape[-2:]
     m = torch.from_numpy(masks[idx]).to(device)[:, None]
-    eps = torch.stack([slice_noise(seed, ids[i], iteration, shape) for i in idx])
-    return m, eps.to(device)[:, None]
+    return m, _noise(idx, ids, iteration, seed, masks.shape[-2:], device)
 
 
 def blob_partition(brain: np.ndarray, k: int, seed: int, slice_id: int) -> np.ndarray:
@@ -257,8 +262,7 @@ def _first_step(x, xf, br, brain_np, idx, ids, f1: Net, f: Net, cfg: EngineConfi
     parts = torch.from_numpy(np.stack([
         blob_partition(brain_np[i], cfg.complementary_masks, cfg.seed, ids[i]) for i in idx
     ])).to(x.device)[:, None]
-    eps = torch.stack([slice_noise(cfg.seed, ids[i], 1, x.shape[-2:]) for i in idx])
-    eps = eps.to(x.device)[:, None]
+    eps = _noise(idx, ids, 1, cfg.seed, x.shape[-2:], x.device)
     comp = x.clone().float()
     for j in range(cfg.complementary_masks):
         m = parts == j
@@ -282,15 +286,10 @@ def _chunks(idx: np.ndarray, n: int):
         yield idx[i : i + n]
 
 
-def _reconstruct(x, xf, mask, noise, f1: Net, f: Net, cfg: EngineConfig,
-                 brain: torch.Tensor | None = None) -> torch.Tensor:
-    """One batch through the first step (``mask`` None: ``f1(x_f)``) or the masked net
-    (``f(masked_input(...))``, ``net_input``); (B, 1, H, W) float32.
-
-    ``xf`` is x_f at the config's radius; a radius-conditioned net instead gets x_f at the
-    radius that its mask's share of ``brain`` (B, 1, H, W) calls for, and that radius's level."""
-    if mask is None:
-        return f1(xf).float()
+def _reconstruct(x, xf, mask, noise, f: Net, cfg: EngineConfig,
+                 brain: torch.Tensor) -> torch.Tensor:
+    """One batch through the masked net, ``f(masked_net_input(...))``; (B, 1, H, W) float32.
+    (The first step is ``_first_step``.)"""
     return f(masked_net_input(x, mask, noise, brain, cfg, xf)).float()
 
 
@@ -433,7 +432,7 @@ def run(
                     passes += len(idx) * _first_passes(cfg)
                 else:
                     m, eps = _mask_and_noise(masks, idx, ids, t, cfg.seed, device)
-                    out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
+                    out = _reconstruct(x, xf, m, eps, f, cfg, br)
                     passes += len(idx)
                 e, full, error[idx] = _reported_error(
                     x, out, br, b_np[idx], None if report is None else report[idx], cfg,
@@ -582,7 +581,7 @@ def reconstruct_at(
                     out = _first_step(x, xf, br, b_np, idx, ids, f1, f, cfg)
                 else:
                     m, eps = _mask_and_noise(before, idx, ids, j, cfg.seed, device)
-                    out = _reconstruct(x, xf, m, eps, f1, f, cfg, br)
+                    out = _reconstruct(x, xf, m, eps, f, cfg, br)
                 _, _, error[idx] = _reported_error(
                     x, out, br, b_np[idx], None if report is None else report[idx], cfg,
                     None if scale is None else scale[idx])

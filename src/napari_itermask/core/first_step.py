@@ -7,3 +7,4 @@ model card stays cheap (docs/method.md §16).
 """
 
 FIRST_STEPS = ("f1", "complementary", "both")
+COMPLEMENTARY_MASKS = range(2, 9)  # how many blob masks a complementary first step may use

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..core.conditioning import RadiusConditioning
 from ..core.polarity import POLARITIES
-from ..core.first_step import FIRST_STEPS
+from ..core.first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
 from ..core.residual import ResidualScale
 from ..core.unet_config import PRESETS, UNetConfig
 from ..errors import ModelError, ModelFormatError, UnsafeModelError
@@ -129,8 +129,9 @@ class ModelCard:
             raise ModelError(f"model card: first_step must be one of {', '.join(FIRST_STEPS)}")
         if d.get("context_gap", 0) not in range(0, 17):
             raise ModelError("model card: context_gap must be a whole number from 0 to 16")
-        if d.get("complementary_masks", 3) not in range(2, 9):
-            raise ModelError("model card: complementary_masks must be a whole number from 2 to 8")
+        if d.get("complementary_masks", 3) not in COMPLEMENTARY_MASKS:
+            raise ModelError("model card: complementary_masks must be a whole number from "
+                             f"{COMPLEMENTARY_MASKS[0]} to {COMPLEMENTARY_MASKS[-1]}")
         try:
             ResidualScale.from_dict(d.get("residual_scale"))
         except (KeyError, TypeError, ValueError) as exc:

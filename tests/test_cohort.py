@@ -170,19 +170,26 @@ def test_a_bad_scan_is_reported_and_skipped_and_the_exit_is_non_zero(tmp_path, c
 
 def test_a_case_failing_mid_write_leaves_none_of_its_files(tmp_path, monkeypatch,
                                                            tiny_model_dir):
-    from napari_itermask import lesion_table
+    from napari_itermask import atomic
 
     scan = small_scan(tmp_path / "s.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
+    real, calls = atomic.write_all, []
 
-    def full_disk(*a, **k):
-        raise OSError(28, "No space left on device")
+    def full_disk(path, data):  # labels and sidecar are written, the table meets a full disk
+        calls.append(path)
+        if len(calls) == 3:
+            real(path, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        real(path, data)
 
-    monkeypatch.setattr(lesion_table, "write_table", full_disk)  # after labels + sidecar
+    monkeypatch.setattr(atomic, "write_all", full_disk)
     res = cohort.segment_case(Case("s", str(scan)), CaseOptions(str(out), str(tiny_model_dir)))
+    assert len(calls) == 3
     assert res.status == "failed" and "No space left on device" in res.message
     assert list(out.iterdir()) == []
+    monkeypatch.setattr(atomic, "write_all", real)
 
     def bug(*a, **k):
         raise RuntimeError("a bug\nover two lines")

@@ -28,7 +28,11 @@ def test_write_labels_keeps_affine_codes_and_refuses_overwrite(tmp_path, phantom
     assert np.allclose(img.affine, scan.affine)
     assert int(img.header["sform_code"]) == 4 and int(img.header["qform_code"]) == 1
     assert np.array_equal(np.asarray(img.dataobj), lab)
-    assert json.loads((tmp_path / "lab.json").read_text()) == {"k": 1.5}
+    import hashlib
+
+    assert json.loads((tmp_path / "lab.json").read_text()) == {
+        "k": 1.5, "labels_file": "lab.nii.gz",
+        "labels_sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
     # the mode a plain open() would give (not mkstemp's private 0600): colleagues can read it
     plain = tmp_path / "plain"
     plain.write_bytes(b"")

@@ -323,30 +323,45 @@ def _bundle(spec: str, device):
 
 def segment_and_write(scan, bundle, target, params=None, *, brain_mask=None,
                       brain_mask_source=None, batch_size=32, save_error_map=False,
-                      overwrite=False, progress=None, written=None) -> dict:
+                      overwrite=False, progress=None, written=None, report=None) -> dict:
     """Segment ``scan`` and write its labels, sidecar and lesion table (and error map) beside
-    ``target``; returns the sidecar. Paths are appended to ``written`` as they appear. Shared by
-    the single-scan command and ``segment_case``."""
-    from .export import write_image, write_labels
-    from .lesion_table import check_table_target, lesion_table, write_table
+    ``target``, all together (``export.write_labels``: all of them or none, and existing files
+    left byte-identical when a write fails); returns the sidecar. Paths are appended to
+    ``written`` once they are in place. Shared by the single-scan command and ``segment_case``.
+
+    Out of memory on the device: the batch that failed runs again in halves (``oom``), and
+    ``report(line)`` is told (default: a warning line on stderr); the result is the same.
+    """
+    from .export import error_map_image, nifti_bytes, write_labels
+    from .lesion_table import check_table_target, lesion_table, to_csv
     from .lesion_table import summary as table_summary
     from .names import tagged_nifti
+    from .oom import BatchLimit, split_on_oom
     from .pipeline import segment_scan
 
     written = [] if written is None else written
-    res = segment_scan(scan, bundle, params, brain_mask=brain_mask,
+    if report is None:
+        def report(line):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+    limit = BatchLimit(batch_size, report)
+    res = segment_scan(scan, split_on_oom(bundle, limit), params, brain_mask=brain_mask,
                        brain_mask_source=brain_mask_source, batch_size=batch_size,
                        progress=progress)
     if progress is not None and hasattr(progress, "finish"):
         progress.finish()
     prov = res.provenance
+    if limit.reduced:
+        prov["out_of_memory"] = limit.record()
     table = lesion_table(res.labels, scan.affine, scan.data)  # CSV beside the labels
-    prov["lesion_table"] = table_summary(table, check_table_target(target, overwrite).name)
-    written += write_labels(target, res.labels, scan.affine, scan.header, prov, overwrite)
-    written.append(write_table(target, table))
+    table_file = check_table_target(target, overwrite)
+    prov["lesion_table"] = table_summary(table, table_file.name)
+    extra = {table_file: to_csv(table).encode()}
     if save_error_map:
-        written.append(write_image(tagged_nifti(target, "_error"), res.error, scan.affine,
-                                   overwrite))
+        err_file = tagged_nifti(target, "_error")
+        extra[err_file] = nifti_bytes(error_map_image(res.error, scan.affine),
+                                      err_file.name.lower().endswith(".gz"))
+    written += write_labels(target, res.labels, scan.affine, scan.header, prov, overwrite,
+                            extra=extra)
     return prov
 
 
@@ -369,6 +384,7 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
     or none of them. The one function every mode runs (serial, shards, Dask workers)."""
     from .cli import BUNDLED_FOR, choose_model
     from .models import untrained_warning
+    from .oom import OutOfMemory
     from .pipeline import pick_device
     from .skullstrip import brain_for
     from .volume import load_brain_mask, load_scan
@@ -388,6 +404,8 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
     try:
         scan = load_scan(case.path, series=options.series)
         mask = load_brain_mask(case.brain_mask, scan) if case.brain_mask else None
+        if mask is None and not options.skull_strip:
+            _refuse_unstripped(scan, Path(case.path).name)
         mask, mask_source = brain_for(scan, mask, case.brain_mask, name=Path(case.path).name,
                                       skull_strip=options.skull_strip and mask is None)
         result.notes += [f"warning: {n}" for n in scan.notes]
@@ -408,7 +426,8 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
                                  brain_mask=mask, brain_mask_source=mask_source,
                                  batch_size=options.batch_size,
                                  save_error_map=options.save_error_map,
-                                 overwrite=options.overwrite, written=written)
+                                 overwrite=options.overwrite, written=written,
+                                 report=lambda line: result.notes.append(f"warning: {line}"))
         del scan, mask
         result.lesion_count = int(prov["lesion_count"])
         result.volume_ml = float(prov["lesion_volume_ml"])
@@ -429,6 +448,8 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
         result.status = "failed"
         if isinstance(exc, ItermaskError):
             result.message = _one_line(str(exc))
+        elif isinstance(exc, OutOfMemory):
+            result.message = _one_line(str(exc))
         elif isinstance(exc, MemoryError):
             result.message = "out of memory (try --batch-size 4)"
         else:  # a bug, but still one case's: say what it was
@@ -438,6 +459,23 @@ def segment_case(case: Case, options: CaseOptions) -> CaseResult:
         allocator.trim()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def cohort_unstripped_message(name: str, data, affine=None) -> str:
+    """The one line refusing a cohort's head that has no brain mask: in a cohort a mask comes
+    from the manifest's ``brain_mask`` column (``--brain-mask`` is for one scan)."""
+    from .skullstrip import UNSTRIPPED_NOTE, unstripped_reason
+
+    why = unstripped_reason(data, affine) or "it looks like a whole head"
+    return (f"{name} {UNSTRIPPED_NOTE} ({why}); give its brain mask in the manifest's "
+            "brain_mask column, or pass --skull-strip to strip it here")
+
+
+def _refuse_unstripped(scan, name: str) -> None:
+    from .skullstrip import looks_unstripped
+
+    if looks_unstripped(scan.data, scan.affine):
+        raise InputError(cohort_unstripped_message(name, scan.data, scan.affine))
 
 
 def _one_line(text: str) -> str:

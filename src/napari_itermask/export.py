@@ -1,11 +1,15 @@
 """Writing results: label maps as NIfTI on the scan's own grid, plus a JSON provenance sidecar.
 
-Writes are atomic (a temporary file in the target folder, then a rename: ``atomic``), so a
-failure never leaves a partial file, and nothing is overwritten unless asked.
+Writes are atomic and together (temporary files in the target folder, then renames:
+``atomic.write_together``), so a failure (a full disk, an unwritable folder) never leaves a
+partial file and leaves existing files byte-identical; nothing is overwritten unless asked. The
+sidecar records the sha256 of the label file it describes.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,13 +17,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .atomic import atomic_write_bytes, temp_file_in
+from .atomic import atomic_write_bytes, temp_file_in, write_together
 from .errors import OutputError
 from .names import is_nifti, nifti_stem
 
 # atomic_write_bytes lives in ``atomic``; re-exported for callers that import it from here
 __all__ = ["sidecar_path", "labels_image", "write_labels", "write_image", "check_target",
-           "atomic_write_bytes"]
+           "atomic_write_bytes", "nifti_bytes", "sidecar_matches", "error_map_image"]
 
 
 def sidecar_path(path) -> Path:
@@ -37,7 +41,8 @@ def check_target(path, overwrite: bool = False) -> Path:
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"output folder {parent} is not writable")
+        raise OutputError(f"output folder {parent} is not writable: nothing written, existing "
+                          "files left as they were")
     temp_file_in(parent, ".probe").unlink()  # a real write: permissions can lie (root, read-only fs)
     if path.is_dir():
         raise OutputError(f"output {path} is a folder")
@@ -83,34 +88,61 @@ def labels_image(labels: np.ndarray, affine: np.ndarray, header=None) -> nib.Nif
     return img
 
 
+def nifti_bytes(img: nib.Nifti1Image, gz: bool) -> bytes:
+    """The file ``nib.save`` would write for ``img`` (``gz``: gzip-compressed, with no time
+    stamp in the gzip header, so the same labels always give the same bytes and hash)."""
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
+
+
+def _gz(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
 def write_labels(path, labels, affine, header=None, sidecar: dict | None = None,
-                 overwrite: bool = False) -> list[Path]:
-    """Write labels (and the sidecar) atomically; both appear or neither does."""
+                 overwrite: bool = False, extra: dict | None = None) -> list[Path]:
+    """Write labels (and the sidecar, and the ``extra`` files: ``{path: bytes}``, e.g. the
+    lesion table) atomically and together: all of them appear, or are replaced, or none of
+    them changes (``atomic.write_together``).
+
+    The sidecar records ``labels_sha256``, the sha256 of the label file written beside it, so
+    a sidecar can always be checked against its labels (``sidecar_matches``).
+    """
     path = check_target(path, overwrite)
-    folder = path.parent if str(path.parent) else Path(".")
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp_img = temp_file_in(folder, suffix)
-    tmp_json = None
-    written: list[Path] = []
+    for other in extra or {}:
+        if Path(other).exists() and not overwrite:
+            raise OutputError(f"{other} exists; pass --overwrite (or choose another name) to "
+                              "replace it")
+    data = nifti_bytes(labels_image(labels, affine, header), _gz(path))
+    files = {path: data}
+    if sidecar is not None:
+        side = {**sidecar, "labels_file": path.name,
+                "labels_sha256": hashlib.sha256(data).hexdigest()}
+        files[sidecar_path(path)] = (json.dumps(side, indent=2, default=_json_default)
+                                     + "\n").encode()
+    for other, blob in (extra or {}).items():
+        files[Path(other)] = blob
+    return write_together(files)
+
+
+def sidecar_matches(path) -> bool:
+    """Whether the sidecar beside label file ``path`` was written with exactly these labels
+    (its ``labels_sha256`` is the file's sha256). False for a sidecar without the hash."""
+    path = Path(path)
     try:
-        tmp_json = temp_file_in(folder, ".json") if sidecar is not None else None
-        nib.save(labels_image(labels, affine, header), str(tmp_img))
-        if tmp_json is not None:
-            tmp_json.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
-        os.replace(tmp_img, path)
-        written.append(path)
-        if tmp_json is not None:
-            os.replace(tmp_json, sidecar_path(path))
-            written.append(sidecar_path(path))
-    except OSError as exc:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp_img.unlink(missing_ok=True)
-        if tmp_json is not None:
-            tmp_json.unlink(missing_ok=True)
-    return written
+        side = json.loads(sidecar_path(path).read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return False
+    return isinstance(side, dict) and side.get("labels_sha256") == digest
+
+
+def error_map_image(data, affine) -> nib.Nifti1Image:
+    """A float32 map (e.g. the error map) on the scan's grid, its affine in both forms."""
+    img = nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, np.float64))
+    img.set_sform(affine, 1)
+    img.set_qform(affine, 1)
+    return img
 
 
 def write_image(path, data, affine, overwrite: bool = False) -> Path:
@@ -118,18 +150,7 @@ def write_image(path, data, affine, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputError(f"{path} exists; pass --overwrite to replace it")
-    folder = path.parent if str(path.parent) else Path(".")
-    tmp = temp_file_in(folder, ".nii.gz" if path.name.lower().endswith(".gz") else ".nii")
-    try:
-        img = nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, np.float64))
-        img.set_sform(affine, 1)
-        img.set_qform(affine, 1)
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_together({path: nifti_bytes(error_map_image(data, affine), _gz(path))})
     return path
 
 

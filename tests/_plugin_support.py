@@ -77,3 +77,35 @@ def nifti(path, data, affine, qcode=1, scode=2):
     img.set_sform(affine, code=scode)
     nib.save(img, str(path))
     return path
+
+
+RUN_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def shown_notes(monkeypatch):
+    """Notifications shown by the plugin, by kind (nothing reaches napari's own manager)."""
+    from napari.utils import notifications
+
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+def make_widget(viewer, model, qtbot=None):
+    """The IterMask² widget on ``viewer`` with ``model`` on the CPU; any question fails."""
+    from napari_itermask._plugin import IterMaskWidget
+
+    w = IterMaskWidget(viewer)
+    assert w.set_model(str(model))
+    w.inputs.device.value = "cpu"
+    w.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
+    if qtbot is not None:
+        qtbot.addWidget(w)
+    return w
+
+
+def wait_idle(qtbot, w, timeout=RUN_TIMEOUT_MS):
+    """Until the widget's run (and its iteration-maps worker) has ended."""
+    qtbot.waitUntil(lambda: w._worker is None and w._mask_worker is None, timeout=timeout)

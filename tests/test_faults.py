@@ -194,24 +194,35 @@ def test_the_napari_writer_refuses_in_one_line_when_the_disk_is_full(tmp_path, m
 
 # -- out of memory on the device: retried with a smaller batch, the same result -------------------
 def _oom_once(monkeypatch, above: int = 1):
-    """UNet.forward raises the device's out-of-memory error once, for a batch of more than
-    ``above`` slices; returns the batch sizes the networks were given."""
-    from napari_itermask.core.unet import UNet
-
-    real = UNet.forward
+    """The networks' forward (the trained UNet's, and the fused inference copy's where there
+    is one) raises the device's out-of-memory error once, for a batch of more than ``above``
+    slices; returns the batch sizes the networks were given, and the one that failed."""
     seen: list[int] = []
     failed = []
+    for cls in _net_classes():
+        real = cls.forward
 
-    def forward(self, x, *a, **k):
-        seen.append(int(x.shape[0]))
-        if not failed and x.shape[0] > above:
-            failed.append(int(x.shape[0]))
-            error = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-            raise error("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, x, *a, **k)
+        def forward(self, x, *a, _real=real, **k):
+            seen.append(int(x.shape[0]))
+            if not failed and x.shape[0] > above:
+                failed.append(int(x.shape[0]))
+                error = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+                raise error("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return _real(self, x, *a, **k)
 
-    monkeypatch.setattr(UNet, "forward", forward)
+        monkeypatch.setattr(cls, "forward", forward)
     return seen, failed
+
+
+def _net_classes():
+    from napari_itermask.core.unet import UNet
+
+    classes = [UNet]
+    try:
+        from napari_itermask.core.fuse import FusedUNet
+    except ImportError:  # no fused inference copies in this version
+        return classes
+    return [*classes, FusedUNet]
 
 
 def _scan(tmp_path, seed=0):
@@ -268,12 +279,12 @@ def test_out_of_memory_in_a_cohort_is_reported_with_the_case(tmp_path, monkeypat
 def test_out_of_memory_with_one_slice_per_pass_is_one_line(tmp_path, monkeypatch,
                                                           tiny_model_dir):
     from napari_itermask import cohort
-    from napari_itermask.core.unet import UNet
 
     def forward(self, x, *a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(UNet, "forward", forward)
+    for cls in _net_classes():
+        monkeypatch.setattr(cls, "forward", forward)
     img, _ = phantom(shape=(24, 28, 12))
     nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "s.nii.gz"))
     out = tmp_path / "out"
@@ -354,3 +365,191 @@ def test_a_cohort_head_without_a_mask_names_the_manifest_column_and_skull_strip(
     assert "brain_mask column" in res.message and "--skull-strip" in res.message
     assert "--brain-mask" not in res.message
     assert list(out.iterdir()) == []
+
+
+# -- the widget: cancel at any iteration, the viewer closed mid-run, two at once, OOM, export -----
+def _qt():
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+
+
+@pytest.fixture
+def gui():
+    """The plugin tests' helpers (the tiny model, a small case, the widget), under Qt; the
+    settings are isolated by conftest's ``isolated_home``."""
+    _qt()
+    import _plugin_support as ps
+
+    return ps
+
+
+@pytest.fixture
+def plugin_model(gui, tmp_path_factory):
+    return gui.make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def case(gui):
+    from napari_itermask import synth
+
+    return synth.make_case("flair", 12345, voxel_size=gui.VOXEL_MM)
+
+
+@pytest.fixture
+def notes(gui, monkeypatch):
+    from napari.utils import notifications
+
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+def _replayed(sess, model):
+    """The labels the command line's pipeline gives for the session's image and choices."""
+    from napari_itermask import review
+    from napari_itermask.models import load_bundle
+    from napari_itermask.pipeline import segment_scan
+    from napari_itermask.volume import scan_from_array
+
+    _, params = review.lesions(sess)
+    req = sess.request
+    scan = scan_from_array(req.data, req.affine, req.header, name=req.name)
+    return segment_scan(scan, load_bundle(model, device="cpu"), params).labels
+
+
+def _lesions(viewer, name):
+    from napari_itermask._layers import layer_scan_array
+
+    return layer_scan_array(viewer.layers[f"{name} lesions"])
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_the_widget_stopped_at_any_iteration_goes_on_to_the_uninterrupted_result(
+        gui, make_napari_viewer, qtbot, plugin_model, case, notes, k):
+    viewer = make_napari_viewer()
+    gui.add_case(viewer, case, name="cut")
+    w = gui.make_widget(viewer, plugin_model, qtbot)
+    if k > 0:  # Stop pressed the moment iteration k is on screen
+        shown = w.runner._apply_frame
+
+        def apply_then_stop(sess, frame):
+            shown(sess, frame)
+            if frame.step == k:
+                w.cancel()
+
+        w.runner._apply_frame = apply_then_stop
+    assert w.run()
+    sess = w._current_session()
+    if k == 0:
+        w.cancel()  # at once: before the worker has even loaded the model
+    gui.wait_idle(qtbot, w)
+    assert not sess.finished and "Cancelled" in w.run_controls.status.text()
+    # every iteration the engine computed is on the slider, each in its place
+    assert len(sess.steps) == len(sess.job.history) >= 1
+    assert [s.iteration for s in sess.steps] == list(range(len(sess.steps)))
+    assert len(sess.steps) <= k + 2  # it stopped after at most the iteration in progress
+    if k > 0:
+        w.runner._apply_frame = shown
+    assert w.run()
+    gui.wait_idle(qtbot, w)
+    assert sess.finished and not notes["error"], notes["error"]
+    assert [s.iteration for s in sess.steps] == list(range(len(sess.steps)))
+    assert np.array_equal(_lesions(viewer, "cut"), _replayed(sess, plugin_model))
+
+
+def test_closing_the_viewer_mid_run_stops_the_worker_and_writes_nothing(
+        gui, make_napari_viewer, qtbot, plugin_model, case, notes, tmp_path, isolated_home):
+    viewer = make_napari_viewer()
+    gui.add_case(viewer, case)
+    w = gui.make_widget(viewer, plugin_model, qtbot)
+    config = isolated_home.itermask_config
+    before = {p: p.read_bytes() for p in config.rglob("*") if p.is_file()}
+    assert w.run()
+    sess, worker = w._current_session(), w._worker
+    ended = []
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: len(sess.steps) >= 2, timeout=gui.RUN_TIMEOUT_MS)
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(ended), timeout=gui.RUN_TIMEOUT_MS)
+    assert sess.stop.is_set() and not sess.finished  # it stopped, not ran to the end
+    assert not notes["error"], notes["error"]
+    after = {p: p.read_bytes() for p in config.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing half-written
+    assert not [p for p in config.rglob(".itermask-*")]
+
+
+def test_two_widgets_on_two_images_at_once_each_result_lands_on_its_own_image(
+        gui, make_napari_viewer, qtbot, plugin_model, case, notes):
+    v1, v2 = make_napari_viewer(), make_napari_viewer()
+    (a, _), (b, _) = gui.add_case(v1, case, name="A"), gui.add_case(v2, case, name="B")
+    b.data = np.ascontiguousarray(np.flip(np.asarray(b.data), axis=-1))  # another image
+    w1 = gui.make_widget(v1, plugin_model, qtbot)
+    w2 = gui.make_widget(v2, plugin_model, qtbot)
+    assert w1.run() and w2.run()
+    assert w1._worker is not None and w2._worker is not None  # both running at once
+    gui.wait_idle(qtbot, w1)
+    gui.wait_idle(qtbot, w2)
+    assert not notes["error"], notes["error"]
+    s1, s2 = w1._current_session(), w2._current_session()
+    assert s1.finished and s2.finished and s1.source is a and s2.source is b
+    assert [n.name for n in v1.layers if n.name.startswith("B")] == []
+    assert [n.name for n in v2.layers if n.name.startswith("A")] == []
+    la, lb = _lesions(v1, "A"), _lesions(v2, "B")
+    assert np.array_equal(la, _replayed(s1, plugin_model))
+    assert np.array_equal(lb, _replayed(s2, plugin_model))
+    assert not np.array_equal(la, lb)
+
+
+def test_the_widget_retries_out_of_memory_with_a_smaller_batch_and_says_so(
+        gui, make_napari_viewer, qtbot, plugin_model, case, notes, monkeypatch):
+    viewer = make_napari_viewer()
+    gui.add_case(viewer, case, name="oom")
+    w = gui.make_widget(viewer, plugin_model, qtbot)
+    seen, failed = _oom_once(monkeypatch)
+    assert w.run()
+    gui.wait_idle(qtbot, w)
+    assert failed and not notes["error"], notes["error"]
+    told = [m for m in notes["warning"] if "out of memory" in m]
+    assert len(told) == 1 and f"with {failed[0]} slice(s) per pass: retrying with " \
+        f"{failed[0] // 2}" in told[0]
+    sess = w._current_session()
+    assert sess.finished
+    monkeypatch.undo()  # the replay below runs without the fault
+    assert np.array_equal(_lesions(viewer, "oom"), _replayed(sess, plugin_model))
+
+
+@pytest.mark.parametrize("fails_at", [
+    1, 2,
+    pytest.param(3, marks=pytest.mark.xfail(
+        strict=True, reason="review.export writes the lesion table after the labels and "
+                            "sidecar; it should pass it to write_labels(extra=...)")),
+])
+def test_a_full_disk_during_the_widgets_export_keeps_the_earlier_export(
+        gui, make_napari_viewer, qtbot, plugin_model, case, notes, tmp_path, monkeypatch,
+        fails_at):
+    viewer = make_napari_viewer()
+    gui.add_case(viewer, case, name="exp")
+    w = gui.make_widget(viewer, plugin_model, qtbot)
+    assert w.run()
+    gui.wait_idle(qtbot, w)
+    out_dir = tmp_path / "export"
+    out_dir.mkdir()
+    target = out_dir / "exp_lesions.nii.gz"
+    assert w.export_result(str(target))
+    before = _files(out_dir)
+    w.review_panel.threshold_chosen.emit(float(w._current_session().review.threshold) * 0.8)
+    real, calls = atomic.write_all, []
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) == fails_at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+
+    monkeypatch.setattr(atomic, "write_all", full_disk)
+    w.confirm = lambda title, text: True
+    assert w.export_result(str(target)) is None
+    assert len(notes["error"]) == 1 and "\n" not in notes["error"][0]
+    assert "No space left on device" in notes["error"][0]
+    assert _files(out_dir) == before

@@ -3,7 +3,7 @@
 The shrink loop sends up to ``batch_size`` slices through a network at once. On a GPU that is
 already busy (another program, a large scan) one such pass can run out of memory; stopping the
 whole run then throws away minutes of work. ``split_on_oom(bundle, limit)`` gives a bundle whose
-two networks run a batch that ran out of memory again in pieces of half the size (down to one
+networks run a batch that ran out of memory again in pieces of half the size (down to one
 slice), and keep that smaller size for the rest of the run; ``limit.report(line)`` is told once
 per reduction (the command line prints it, the widget shows it as a notification).
 
@@ -17,13 +17,13 @@ widget's runner.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Callable
 
 import torch
 
-__all__ = ["BatchLimit", "OutOfMemory", "SplitOnOOM", "is_out_of_memory", "split_on_oom"]
+__all__ = ["BatchLimit", "OutOfMemory", "RetryingBundle", "SplitOnOOM", "is_out_of_memory",
+           "split_on_oom"]
 
 _OOM_TYPES = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
                                getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
@@ -117,10 +117,40 @@ class SplitOnOOM(torch.nn.Module):
                 size = self.limit.halve(size, str(device))
 
 
+class RetryingBundle:
+    """A model bundle whose networks retry a batch that runs out of memory in halves; every
+    other attribute (card, path, name, weights) is the wrapped bundle's, which is not changed
+    (it may be cached and shared by other runs).
+
+    The networks a run is given come from ``bundle.nets(precision)`` (the inference copies),
+    or, for a bundle without that method, ``bundle.first`` and ``bundle.masked``; both ways
+    are wrapped in ``SplitOnOOM`` with this bundle's ``oom_limit``."""
+
+    def __init__(self, bundle, limit: BatchLimit):
+        self._bundle = bundle
+        self.oom_limit = limit
+
+    def __getattr__(self, name):
+        if name == "first" or name == "masked":
+            net = getattr(self._bundle, name)
+            return net if hasattr(self._bundle, "nets") else SplitOnOOM(net, self.oom_limit)
+        return getattr(self._bundle, name)
+
+    def nets(self, *args, **kwargs):
+        return tuple(SplitOnOOM(net, self.oom_limit)
+                     for net in self._bundle.nets(*args, **kwargs))
+
+    def to(self, device):
+        self._bundle.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"RetryingBundle({self._bundle!r}, batch limit {self.oom_limit.size})"
+
+
 def split_on_oom(bundle, limit: BatchLimit):
-    """A shallow copy of ``bundle`` (same card, same weights) whose networks retry in smaller
-    batches on out of memory; the original bundle is left as it is (it may be cached)."""
-    if isinstance(bundle.first, SplitOnOOM):
+    """``bundle`` with networks that retry in smaller batches on out of memory
+    (``RetryingBundle``); the bundle itself is left as it is."""
+    if isinstance(bundle, RetryingBundle):
         return bundle
-    return dataclasses.replace(bundle, first=SplitOnOOM(bundle.first, limit),
-                               masked=SplitOnOOM(bundle.masked, limit))
+    return RetryingBundle(bundle, limit)

@@ -8,6 +8,9 @@ the panels (``inputs``, ``run_controls``, ``review_panel``), the ``presenter``, 
 source layer (``_sessions``, ``_current_session()``) and three hooks that bring the panels in
 line (``_refresh_review()``, ``_update_lesions(session)``, ``_update_buttons()``).
 
+Out of memory. A run's networks retry a batch that runs out of memory in halves
+(``oom.split_on_oom``, the same result); each retry is shown as a warning notification.
+
 Threads. Model loading, scan preparation, iterations and moving what is shown to the scan's grid
 run in napari generator workers (``_session.advance``); the GUI thread only swaps layer data.
 One run at a time, in the session of the image it started on: reports of a session that was
@@ -18,11 +21,13 @@ one is computed only the latest waits.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import partial
 
 from .. import review
 from .._layers import from_layer_shape, layer_ras_affine, layer_scan_array
 from .._session import Failure, Finished, Frame, Note, RunRequest, Session, advance
+from ..oom import BatchLimit
 from ..params import RunParams
 from .common import notify
 from .run_controls import progress_fraction
@@ -39,6 +44,58 @@ FINISHED_TEXT = {
 }
 
 
+#: Slices per network pass at the start of a run (halved on out of memory: ``oom``).
+BATCH_SIZE = 32
+
+
+def _batch_limit(sess: Session):
+    """The ``oom.BatchLimit`` of a session's job (None before the job exists)."""
+    return getattr(getattr(sess.job, "bundle", None), "oom_limit", None)
+
+
+def _reporting(sess: Session, reports: list, cancelled, **kwargs):
+    """``advance`` as the widget runs it: each out-of-memory retry told as a warning Note as
+    soon as it happened, a Stop pressed before the worker started still honoured, and an
+    iteration computed while Stop was pressed still shown (so the slider's steps are the
+    history's, one per iteration)."""
+    shown = -1
+    for item in advance(sess, **kwargs):
+        if cancelled.is_set():  # advance clears a Stop that came before it started
+            sess.stop.set()
+        while reports:
+            yield Note(reports.pop(0), warning=True)
+        if isinstance(item, Frame):
+            shown = item.step
+        elif isinstance(item, Finished) and item.reason == "stopped":
+            yield from _unshown_frames(sess, shown)
+        yield item
+    while reports:
+        yield Note(reports.pop(0), warning=True)
+
+
+def _unshown_frames(sess: Session, shown: int) -> list:
+    """Frames the engine computed (and the history recorded) but Stop kept from being shown:
+    the start (the brain) if Stop came while the scan was prepared, and the last iteration if
+    it came while that iteration ran."""
+    from .._session import StepInfo, _frame
+
+    job = sess.job
+    if job is None:
+        return []
+    out = []
+    if shown < 0 and not sess.steps:
+        brain = job.volume.scan_brain
+        out.append(Frame(step=0, info=StepInfo(0, None, float(brain.sum()) * sess.voxel_ml),
+                         mask=brain, error=None, recon=None))
+    last = job.history.last if job.history is not None else None
+    k = len(job.history) - 1 if job.history is not None else 0
+    if last is not None and last.iteration == k and k > max(shown, len(sess.steps) - 1):
+        out.append(_frame(sess, last, k))
+    if out:
+        sess.consumed.clear()
+    return out
+
+
 class Runner:
     """Starts, stops and listens to the host widget's workers."""
 
@@ -50,17 +107,22 @@ class Runner:
         self.mask_pending: tuple | None = None  # (session, k) asked for meanwhile
         self.bundles: dict = {}
         self.start_iteration = 0
+        self.cancelled = threading.Event()  # Stop pressed during the current run
 
-    def load_bundle(self, model: str, device: str):
-        """Runs in the worker thread; bundles are cached per (model, device)."""
+    def load_bundle(self, model: str, device: str, limit=None):
+        """Runs in the worker thread; bundles are cached per (model, device). With ``limit``
+        (an ``oom.BatchLimit``), the run's copy retries a batch that runs out of memory in
+        halves (``oom.split_on_oom``)."""
         from ..models import load_bundle
+        from ..oom import split_on_oom
         from ..pipeline import pick_device
 
         dev = pick_device(device)
         key = (str(model), str(dev))
         if key not in self.bundles:
             self.bundles[key] = load_bundle(model, device=dev)
-        return self.bundles[key]
+        bundle = self.bundles[key]
+        return split_on_oom(bundle, limit) if limit is not None else bundle
 
     # -- starting -----------------------------------------------------------------------------
     def request(self, src) -> RunRequest | None:
@@ -139,7 +201,15 @@ class Runner:
         warning = untrained_warning(card) if card is not None else None
         if warning:
             notify("warning", warning)
-        worker = create_worker(advance, sess, steps=steps, tau=tau, loader=self.load_bundle,
+        reports: list[str] = []  # out-of-memory retries, told from the worker thread
+        limit = _batch_limit(sess)
+        if limit is not None:
+            limit.report = reports.append
+        else:
+            limit = BatchLimit(BATCH_SIZE, reports.append)
+        self.cancelled = threading.Event()
+        worker = create_worker(_reporting, sess, reports, self.cancelled, steps=steps, tau=tau,
+                               loader=partial(self.load_bundle, limit=limit),
                                _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(partial(self._on_yielded, sess))
         worker.errored.connect(lambda exc: notify("error", str(exc)))
@@ -168,6 +238,7 @@ class Runner:
     def cancel(self) -> None:
         """Stop after the iteration in progress; Run or Step continue from there."""
         if self.busy is not None:
+            self.cancelled.set()
             self.busy.stop.set()
             controls = self.host.run_controls
             controls.show_progress(controls.progress.value() / 1000,

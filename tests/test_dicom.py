@@ -364,8 +364,13 @@ def test_reader_places_a_series_by_its_affine_and_labels_save_onto_it(tmp_path, 
     np.testing.assert_array_equal(np.asarray(img.dataobj), lab)
 
 
-def test_reader_gives_one_layer_per_series_named_by_description(tmp_path, notes):
+def test_reader_gives_one_layer_per_series_named_by_description(tmp_path, notes, monkeypatch):
+    from napari_itermask import _reader
     from napari_itermask._reader import dicom_series, read_dicom
+
+    asked = []
+    monkeypatch.setattr(_reader, "choose_series",
+                        lambda path, infos: asked.append(infos) or [i.index for i in infos])
 
     folder, a, b = _two_series(tmp_path)
     write_series(folder / "c", volume(), ORIENTATIONS["axial"], description="localizer",
@@ -379,6 +384,8 @@ def test_reader_gives_one_layer_per_series_named_by_description(tmp_path, notes)
     assert len(notes["warning"]) == 1 and "localizer" in notes["warning"][0]
     assert [i.description for i in dicom_series(str(folder))] == ["t1_mprage", "t2_flair_sag",
                                                                   "localizer"]
+    assert [[i.description for i in infos] for infos in asked] == [
+        ["t1_mprage", "t2_flair_sag", "localizer"]]
     (only,) = read_dicom(str(folder), series=b)
     assert only[1]["name"] == "t2_flair_sag" and only[1]["metadata"]["dicom"]["index"] == 2
     assert only[1]["metadata"]["scan_shape"] == (16, 18, 7)
@@ -401,3 +408,104 @@ def test_napari_opens_a_dicom_folder_with_the_plugin(make_napari_viewer, tmp_pat
     (layer,) = viewer.open(str(tmp_path / "sag"), plugin="napari-itermask")
     assert layer.name == "sag" and layer.axis_labels == ("S", "P", "L")
     np.testing.assert_allclose(layer.metadata["affine"], aff, atol=1e-5)
+
+
+# -- compressed transfer syntaxes ---------------------------------------------------------------
+def test_an_rle_lossless_series_loads_with_exactly_the_source_voxels(tmp_path):
+    """RLE Lossless: pydicom encodes and decodes it itself (no optional package)."""
+    from pydicom.uid import RLELossless
+
+    data, aff = volume(), ORIENTATIONS["oblique"]
+    write_series(tmp_path / "rle", data, aff, tweak=lambda k, ds: ds.compress(RLELossless))
+    first = pydicom.dcmread(next((tmp_path / "rle").iterdir()))
+    assert first.file_meta.TransferSyntaxUID == RLELossless
+    scan = load_scan(tmp_path / "rle")
+    np.testing.assert_array_equal(scan.data, data)
+    np.testing.assert_allclose(scan.affine, aff, atol=1e-5, rtol=0)
+
+
+def _undecodable_syntax():
+    """A compressed transfer syntax no installed plugin decodes (JPEG Lossless first: the
+    usual lossless compression of MR archives), or None."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import HTJ2KLossless, JPEGLosslessSV1, JPEGLSLossless
+
+    for uid in (JPEGLosslessSV1, JPEGLSLossless, HTJ2KLossless):
+        if not get_decoder(uid).is_available:
+            return uid
+    return None
+
+
+def test_a_series_in_a_syntax_nothing_here_decodes_is_one_line_naming_it_and_the_remedy(
+        tmp_path, capsys, tiny_model_dir):
+    from pydicom.encaps import encapsulate
+
+    uid = _undecodable_syntax()
+    if uid is None:
+        pytest.skip("every compressed syntax tried has a decoder installed here")
+
+    def compressed(k, ds):
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + bytes(64)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+
+    write_series(tmp_path / "jpegll", volume(), ORIENTATIONS["axial"], tweak=compressed)
+    with pytest.raises(DicomError) as exc:
+        load_scan(tmp_path / "jpegll")
+    text = str(exc.value)
+    assert "\n" not in text and uid.name in text and str(uid) in text
+    assert "pip install" in text and "dcm2niix" in text
+    out = tmp_path / "out.nii.gz"
+    code = cli.main(["segment", str(tmp_path / "jpegll"), "-o", str(out), "--model",
+                     str(tiny_model_dir), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and uid.name in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_transfer_syntax_pydicom_does_not_know_is_refused_in_one_line():
+    from napari_itermask.dicom import undecodable_reason
+
+    assert undecodable_reason("1.2.840.10008.1.2.1") is None  # explicit VR little endian
+    assert undecodable_reason("1.2.840.10008.1.2.5") is None  # RLE: pydicom itself
+    assert "1.2.3.4.5" in undecodable_reason("1.2.3.4.5")
+
+
+# -- several series: the napari window asks which --------------------------------------------------
+@pytest.mark.gui
+@pytest.mark.parametrize("answer", ["second", "all", "cancel"])
+def test_opening_a_folder_of_several_series_in_napari_asks_which(make_napari_viewer, qtbot,
+                                                                tmp_path, notes, monkeypatch,
+                                                                answer):
+    pytest.importorskip("pytestqt")
+    from qtpy.QtWidgets import QDialog
+
+    from napari_itermask._plugin.series_dialog import ALL_SERIES, SeriesDialog
+
+    folder, a, b = _two_series(tmp_path)
+    viewer = make_napari_viewer()
+    asked = []
+
+    def exec_(dialog):
+        asked.append([dialog.combo.itemText(i) for i in range(dialog.combo.count())])
+        if answer == "cancel":
+            return QDialog.DialogCode.Rejected
+        dialog.combo.setCurrentIndex(1 if answer == "second" else dialog.combo.count() - 1)
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(SeriesDialog, "exec", exec_)
+    layers = viewer.open(str(folder), plugin="napari-itermask")
+    assert asked == [["t1_mprage · series 2 · 9 images · MR",
+                      "t2_flair_sag · series 5 · 7 images · MR", ALL_SERIES]]
+    names = [layer.name for layer in viewer.layers]
+    if answer == "second":
+        assert names == ["t2_flair_sag"]
+        assert viewer.layers[0].metadata["dicom"]["series_uid"] == b
+        np.testing.assert_allclose(viewer.layers[0].metadata["affine"],
+                                   ORIENTATIONS["sagittal"], atol=1e-5)
+    elif answer == "all":
+        assert names == ["t1_mprage", "t2_flair_sag"]
+    else:
+        assert names == [] and not notes["error"]
+    assert not notes["error"]

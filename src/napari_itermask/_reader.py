@@ -11,12 +11,13 @@ an oblique acquisition napari cannot draw exactly in 2-D) give a warning notific
 kept in ``metadata["warnings"]``.
 
 DICOM: a folder or zip of one series opens as one Image layer named after the folder (or the
-zip's stem), placed by the series' RAS affine like a NIfTI scan. A folder of several series
-opens as one layer per series, each named by its SeriesDescription (a series that cannot be
-read is skipped with a warning). ``dicom_series(path)`` lists the series (description, UID,
-number of images) for a widget that asks which one to open, and ``read_dicom(path,
-series=…)`` opens only that one (named by its description). Layers from DICOM carry
-``metadata["dicom"]`` (series UID, description, index).
+zip's stem), placed by the series' RAS affine like a NIfTI scan. For a folder of several
+series, ``choose_series`` decides: in a napari window a dialog asks which one (or all), listing
+each series' description, number, images and modality (``_plugin/series_dialog.py``); without a
+window every series opens, one layer each. Layers are then named by their SeriesDescription (a
+series that cannot be read is skipped with a warning). ``dicom_series(path)`` lists the series,
+and ``read_dicom(path, series=…)`` opens only that one. Layers from DICOM carry
+``metadata["dicom"]`` (series UID, description, index, images, modality).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 from ._layers import image_layer_data, labels_layer_data, layer_stem
 from .names import is_nifti
 
-__all__ = ["napari_get_reader", "read_nifti", "read_dicom", "dicom_series"]
+__all__ = ["napari_get_reader", "read_nifti", "read_dicom", "dicom_series", "ask_series",
+           "choose_series"]
 
 _NULL = [(None,)]  # napari's "read fine, nothing to show" sentinel
 _LABEL_NAME = re.compile(r"(label|lesion|mask|seg|_gt\b|truth)", re.IGNORECASE)
@@ -69,13 +71,36 @@ def _dicom_name(path: Path) -> str:
     return path.name[:-4] if path.name.lower().endswith(".zip") else path.name
 
 
+def ask_series(path: Path, infos) -> list[int] | None:
+    """Default ``choose_series``: in a napari window, a dialog listing the series (description,
+    series number, images, modality; ``_plugin.series_dialog``); returns the chosen indexes, or
+    None when the user cancels. Without a window (scripts, ``napari.run`` not started) every
+    series is opened, one layer each."""
+    try:
+        import napari
+        from qtpy.QtWidgets import QApplication
+    except Exception:
+        return [i.index for i in infos]
+    if QApplication.instance() is None or napari.current_viewer() is None:
+        return [i.index for i in infos]
+    from ._plugin.series_dialog import SeriesDialog
+
+    return SeriesDialog(_dicom_name(path), infos).choice()
+
+
+#: Called with (path, series infos) when a folder or zip holds several series; returns the
+#: indexes (from 1) to open, or None to open nothing. Tests and embedding code may replace it.
+choose_series = ask_series
+
+
 def read_dicom(path, series=None) -> list[tuple]:
     """Layers for a DICOM folder or zip: its one series, the one chosen by ``series`` (index
-    from 1 or SeriesInstanceUID), or, for several and no choice, one layer per series."""
+    from 1 or SeriesInstanceUID), or, for several and no choice, those ``choose_series``
+    picks (in a napari window it asks; else all, one layer per series)."""
     from napari.utils.notifications import show_error, show_warning
 
-    from .dicom import load_dicom_scans, load_series
-    from .errors import ItermaskError
+    from .dicom import list_series, load_dicom_scans, load_series
+    from .errors import InputError, ItermaskError
     from .volume import ScanWarning
 
     if isinstance(path, (list, tuple)):
@@ -84,7 +109,24 @@ def read_dicom(path, series=None) -> list[tuple]:
     try:
         with warnings.catch_warnings():  # ScanWarnings are in scan.notes: shown below
             warnings.simplefilter("ignore", ScanWarning)
-            found = [load_series(path, series)] if series is not None else load_dicom_scans(path)
+            if series is not None:
+                found, by_folder = [load_series(path, series)], False
+            else:
+                infos = list_series(path)
+                by_folder = len(infos) == 1
+                chosen = [infos[0].index] if by_folder else choose_series(path, infos)
+                if not chosen:
+                    return _NULL  # the user cancelled: nothing opened, nothing to report
+                if sorted(int(i) for i in chosen) == [i.index for i in infos]:
+                    found = load_dicom_scans(path)  # every series, the headers read once
+                else:
+                    found = []
+                    for index in chosen:
+                        info = infos[int(index) - 1]
+                        try:
+                            found.append(load_series(path, info.uid))
+                        except InputError as exc:
+                            found.append((info, exc))
     except ItermaskError as exc:
         show_error(f"napari-itermask: {exc}")
         return _NULL
@@ -97,13 +139,14 @@ def read_dicom(path, series=None) -> list[tuple]:
             show_warning(f"napari-itermask: series {info.index} ({info.description}) "
                          f"skipped: {scan}")
             continue
-        name = _dicom_name(path) if series is None and len(found) == 1 else info.description
+        name = _dicom_name(path) if by_folder else info.description
         if name in names:
             name = f"{name} [{info.index}]"
         names.add(name)
         layer = image_layer_data(scan, name)
         layer[1]["metadata"]["dicom"] = {"series_uid": info.uid, "description": info.description,
-                                         "index": info.index, "n_images": info.n_images}
+                                         "index": info.index, "n_images": info.n_images,
+                                         "modality": info.modality}
         for msg in layer[1]["metadata"]["warnings"]:
             show_warning(f"napari-itermask: {name}: {msg}")
         layers.append(layer)

@@ -20,6 +20,10 @@ Geometry (DICOM PS3.3 C.7.6.2, patient coordinates LPS, millimetres):
   matrix with its first two rows negated (LPS → RAS), NIfTI's convention.
 
 Intensities are the stored values through ``RescaleSlope``/``RescaleIntercept`` (per image).
+Compressed pixel data is decoded by pydicom's plugins as installed: RLE Lossless always (pydicom
+itself), JPEG baseline/extended and JPEG 2000 with Pillow (a dependency of napari); JPEG
+Lossless, JPEG-LS and HTJ2K need optional packages, and a series in such a syntax is refused in
+one line that names the syntax and what would decode it (``undecodable_reason``).
 Refused, each with one line (``DicomError``): an empty folder, no DICOM images, several series
 without a choice (``SeriesChoiceError``: the message lists them), missing geometry tags,
 images of different size, spacing or orientation in one series, two images at one position,
@@ -52,6 +56,7 @@ __all__ = [
     "load_series",
     "looks_like_dicom",
     "series_affine",
+    "undecodable_reason",
 ]
 
 #: How far (mm) a slice may sit from the uniform grid: max(POSITION_ATOL, POSITION_RTOL·|step|).
@@ -385,6 +390,47 @@ def _pixels(images: list[_Image], label: str) -> np.ndarray:
     return np.ascontiguousarray(np.stack(planes, axis=0).transpose(2, 1, 0))
 
 
+def _requirements(missing: str) -> list[str]:
+    """``'pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1'`` (pydicom's words
+    for a plugin it lacks) → the packages to install, ``['pylibjpeg', 'pylibjpeg-libjpeg']``."""
+    wants = missing.split("requires", 1)[-1]
+    names = [re.split(r"[<>=!~ ]", part.strip(), maxsplit=1)[0]
+             for part in wants.replace(",", " and ").split(" and ")]
+    names = [n for n in names if n and n != "numpy"]
+    return ["python-gdcm" if n == "gdcm" else n for n in names]
+
+
+def undecodable_reason(transfer_syntax) -> str | None:
+    """Why pixel data of ``transfer_syntax`` cannot be decoded here, naming the syntax and what
+    would decode it; None when it can (uncompressed, deflated, or a compressed syntax one of
+    pydicom's installed plugins decodes: RLE natively, JPEG and JPEG 2000 with Pillow)."""
+    from pydicom.uid import UID
+
+    uid = UID(str(transfer_syntax))
+    if not uid.is_transfer_syntax:
+        return (f"its transfer syntax {uid} is not one pydicom knows; convert the series to "
+                "NIfTI with dcm2niix first")
+    if not uid.is_compressed:
+        return None
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pragma: no cover - pydicom < 3: decoding itself will tell
+        return None
+    what = f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)
+    try:
+        decoder = get_decoder(uid)
+    except (NotImplementedError, ValueError):
+        return (f"its pixel data is compressed as {what}, which pydicom cannot decode; "
+                "convert the series to NIfTI with dcm2niix first")
+    if decoder.is_available:
+        return None
+    options = [" ".join(_requirements(m)) for m in decoder.missing_dependencies]
+    options = [o for o in options if o]
+    how = (" or ".join(f"pip install {o}" for o in options) + ", or " if options else "")
+    return (f"its pixel data is compressed as {what}, which nothing installed here decodes; "
+            f"{how}convert the series to NIfTI with dcm2niix first")
+
+
 def _series_sha256(images: list[_Image]) -> str:
     """sha256 over the series' files, concatenated in slice order."""
     h = hashlib.sha256()
@@ -404,6 +450,11 @@ def _scan(path: Path, series: _Series, info: SeriesInfo):
 
     label = f"DICOM series {info.description!r} of {path.name}"
     images, affine = _geometry(series, label)
+    meta = getattr(images[0].ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    problem = undecodable_reason(syntax) if syntax else None
+    if problem:  # before reading every image: one line naming the syntax and the remedy
+        raise DicomError(f"{label}: {problem}")
     notes: list[str] = []
     data = _check_array(_pixels(images, label), path.name, notes)
     affine = _check_affine(affine, path.name, notes)

@@ -364,3 +364,66 @@ def test_dask_cluster_gives_the_serial_runs_files(tmp_path, capsys, tiny_model_d
             assert ra == rb
         else:
             assert a.read_bytes() == b.read_bytes(), name  # labels, error maps, tables
+
+
+# -- merging the shards' summaries ----------------------------------------------------------------
+def test_merged_shard_summaries_are_the_serial_runs_summary(tmp_path, capsys, scans,
+                                                           tiny_model_dir):
+    serial, out = tmp_path / "serial", tmp_path / "out"
+    code, _, err = run_cli(capsys, "segment", "--folder", scans, "-o", serial, "--model",
+                           tiny_model_dir, "-q")
+    assert code == 0, err
+    for i in range(2):
+        code, _, err = run_cli(capsys, "segment", "--folder", scans, "-o", out, "--model",
+                               tiny_model_dir, "-q", "--shard", f"{i}/2")
+        assert code == 0, err
+    shards = cohort.find_shard_summaries(out / "summary.csv")
+    assert [p.name for p in shards] == ["summary.shard-0-of-2.csv", "summary.shard-1-of-2.csv"]
+    counts = cohort.merge_shard_summaries(shards, out / "summary.csv")
+    assert counts == {"cases": 4, "shards": 2, "ok": 3, "failed": 0, "skipped": 1}
+
+    def comparable(rows, folder):
+        return [{**r, "seconds": "", "labels": r["labels"].replace(str(folder), "OUT")}
+                for r in rows]
+
+    assert comparable(read_summary(out / "summary.csv"), out) == comparable(
+        read_summary(serial / "summary.csv"), serial)
+    with pytest.raises(cohort.OutputError, match="exists; pass --overwrite"):
+        cohort.merge_shard_summaries(shards, out / "summary.csv")
+
+
+def _shard_file(folder, i, n, cases, name="summary"):
+    path = folder / f"{name}.shard-{i}-of-{n}.csv"
+    path.write_text(cohort.summary_csv([CaseResult(c, "ok") for c in cases]))
+    return path
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({(0, 3): ["a", "d"], (2, 3): ["c"]}, "shard(s) 1/3 missing"),
+    ({(0, 2): ["a", "c"], (1, 3): ["b"]}, "is a shard of 3, the others of 2"),
+    ({(0, 2): ["a", "c"], (1, 2): ["b", "c"]}, "case 'c' is in shard 0/2 and shard 1/2"),
+    ({(0, 2): ["a", "b"], (1, 2): ["c"]}, "case 'b' (number 1 in case order) is in shard 0/2"),
+    ({}, "no shard summaries to merge"),
+])
+def test_missing_or_overlapping_shards_are_refused_in_one_line(tmp_path, layout, message):
+    shards = [_shard_file(tmp_path, i, n, cases) for (i, n), cases in layout.items()]
+    with pytest.raises(cohort.InputError) as exc:
+        cohort.merge_shard_summaries(shards, tmp_path / "summary.csv")
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "summary.csv").exists()
+
+
+def test_a_shard_given_twice_or_a_file_that_is_no_summary_is_refused(tmp_path):
+    (tmp_path / "x").mkdir()
+    a = _shard_file(tmp_path, 0, 2, ["a"])
+    b = _shard_file(tmp_path / "x", 0, 2, ["a"])
+    with pytest.raises(cohort.InputError, match="shard 0/2 is given twice"):
+        cohort.merge_shard_summaries([a, b], tmp_path / "summary.csv")
+    other = tmp_path / "summary.shard-1-of-2.csv"
+    other.write_text("case,volume\nb,1\n")
+    with pytest.raises(cohort.InputError, match="is not a summary of itermask segment"):
+        cohort.merge_shard_summaries([a, other], tmp_path / "summary.csv")
+    with pytest.raises(cohort.InputError, match="not named as a shard summary"):
+        cohort.merge_shard_summaries([tmp_path / "summary.csv"], tmp_path / "merged.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "summary.shard-0-of-2.csv", "summary.shard-1-of-2.csv", "x"]

@@ -9,7 +9,8 @@ the workers of an existing Dask cluster (``run_dask``). ``segment_case`` never r
 scan: it returns a failed result with a one-line message, and keeps nothing of the scan once it
 returns (only the small ``CaseResult``), so memory does not grow from case to case
 (``benchmarks/cohort_memory.py`` measures it). The summary CSV (``SUMMARY_COLUMNS``) is written
-atomically at the end. No Qt, no napari.
+atomically at the end; the shards' summaries merge into one (``merge_shard_summaries``,
+refusing missing or overlapping shards). No Qt, no napari.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gc
 import glob
 import io
 import os
+import re
 import sys
 import threading
 import time
@@ -38,7 +40,10 @@ __all__ = [
     "CaseResult",
     "case_targets",
     "check_summary_target",
+    "cohort_unstripped_message",
     "collect_cases",
+    "find_shard_summaries",
+    "merge_shard_summaries",
     "parse_shard",
     "read_manifest",
     "run_dask",
@@ -46,6 +51,7 @@ __all__ = [
     "segment_and_write",
     "segment_case",
     "select_shard",
+    "shard_of",
     "shard_summary_path",
     "summary_csv",
     "write_summary",
@@ -548,6 +554,111 @@ def write_summary(path: Path, results) -> Path:
 
     atomic_write_bytes(path, summary_csv(results).encode())
     return path
+
+
+_SHARD_FILE = re.compile(r"^(?P<stem>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)(?P<suffix>\.[^.]+)?$")
+
+
+def shard_of(path) -> tuple[int, int] | None:
+    """(I, N) of a shard summary named like ``summary.shard-I-of-N.csv``, else None."""
+    m = _SHARD_FILE.match(Path(path).name)
+    return (int(m["i"]), int(m["n"])) if m else None
+
+
+def find_shard_summaries(summary) -> list[Path]:
+    """The shard summaries a job array wrote for ``summary`` (``OUT/summary.csv`` →
+    ``OUT/summary.shard-*-of-*.csv``), in shard order."""
+    summary = Path(summary)
+    stem, suffix = (summary.stem, summary.suffix) if summary.suffix else (summary.name, "")
+    found = []
+    for p in summary.parent.glob(f"{glob.escape(stem)}.shard-*-of-*{glob.escape(suffix)}"):
+        m = _SHARD_FILE.match(p.name)
+        if m and m["stem"] == stem and (m["suffix"] or "") == suffix:
+            found.append(p)
+    return sorted(found, key=lambda p: shard_of(p))
+
+
+def _read_summary_rows(path: Path) -> list[list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise InputError(f"{path.name} is not valid CSV: {exc}") from None
+    if not rows or tuple(rows[0]) != SUMMARY_COLUMNS:
+        raise InputError(f"{path.name} is not a summary of itermask segment (its columns "
+                         f"must be {', '.join(SUMMARY_COLUMNS)})")
+    body = [r for r in rows[1:] if any(c.strip() for c in r)]
+    for n, r in enumerate(body, start=2):
+        if len(r) != len(SUMMARY_COLUMNS) or r[1] not in STATUSES:
+            raise InputError(f"{path.name}, row {n}: not a summary row (case, status, ...)")
+    return body
+
+
+def merge_shard_summaries(shards, target, overwrite: bool = False) -> dict:
+    """Merge the summaries of the shards of one cohort run (``--shard I/N`` for I = 0 … N−1,
+    each ``summary.shard-I-of-N.csv``) into one summary ``target`` with one row per case in
+    case order, as a serial run would have written it; returns the counts by status.
+
+    Refused with one line (InputError), before anything is written: no shards, a file not
+    named as a shard summary or not a summary, shards of different N, a shard given twice
+    or missing, a case in two shards (overlapping runs), or cases in a shard that does not
+    run them (summaries of different cohorts). ``target`` is never replaced without
+    ``overwrite`` (OutputError), and is written all at once (``write_summary``)."""
+    from .atomic import atomic_write_bytes
+
+    shards = [Path(p) for p in shards]
+    if not shards:
+        raise InputError("no shard summaries to merge (they are named "
+                         "summary.shard-I-of-N.csv)")
+    of: dict[int, Path] = {}
+    total = None
+    for p in shards:
+        sn = shard_of(p)
+        if sn is None:
+            raise InputError(f"{p.name} is not named as a shard summary "
+                             "(summary.shard-I-of-N.csv)")
+        i, n = sn
+        if not (n >= 1 and 0 <= i < n):
+            raise InputError(f"{p.name}: shard {i} of {n} does not exist (0 <= I < N)")
+        if total is None:
+            total = n
+        elif n != total:
+            raise InputError(f"{p.name} is a shard of {n}, the others of {total}: they come "
+                             "from different runs")
+        if i in of:
+            raise InputError(f"shard {i}/{n} is given twice ({of[i].name} and {p.name})")
+        of[i] = p
+    missing = [i for i in range(total) if i not in of]
+    if missing:
+        names = ", ".join(f"{i}/{total}" for i in missing)
+        raise InputError(f"shard(s) {names} missing: {len(of)} of {total} summaries found; "
+                         "run (or wait for) the missing shards first")
+    where: dict[str, int] = {}
+    rows: dict[str, list[str]] = {}
+    for i in range(total):
+        for r in _read_summary_rows(of[i]):
+            case = r[0]
+            if case in where:
+                raise InputError(f"case {case!r} is in shard {where[case]}/{total} and shard "
+                                 f"{i}/{total}: the shards overlap (from two runs?)")
+            where[case], rows[case] = i, r
+    order = sorted(rows)
+    for k, case in enumerate(order):
+        if where[case] != k % total:
+            raise InputError(f"case {case!r} (number {k} in case order) is in shard "
+                             f"{where[case]}/{total}, but shard {k % total}/{total} runs it: "
+                             "the summaries are of different cohorts, or a case is missing")
+    target = check_summary_target(Path(target), overwrite)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    writer.writerows(rows[c] for c in order)
+    atomic_write_bytes(target, buf.getvalue().encode())
+    counts = {s: sum(rows[c][1] == s for c in order) for s in STATUSES}
+    return {"cases": len(order), "shards": total, **counts}
 
 
 class CaseProgress:

@@ -85,3 +85,88 @@ def test_edge_cases_keep_their_contract():
     # non-contiguous input (a layer's transposed view) gives the same answer
     view = np.random.default_rng(2).random((6, 7, 8)).transpose(2, 0, 1) < 0.3
     np.testing.assert_array_equal(remove_small(view, 3), _reference(view, 3)[0])
+
+
+# -- the widget's pieces that run on every move (Qt, under Xvfb) --------------------------------
+@pytest.fixture
+def qt(request):
+    """pytest-qt's qtbot, or a skip where napari / pytest-qt are not installed."""
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    return request.getfixturevalue("qtbot")
+
+
+@pytest.fixture
+def viewer(qt, request):
+    return request.getfixturevalue("make_napari_viewer")()
+
+
+def _lesion(i, voxels):
+    from napari_itermask.lesion_table import Lesion
+
+    return Lesion(i, voxels, voxels / 1000.0, 1.0 * i, 2.0, 3.0, 4.5, 0.5)
+
+
+def test_lesion_table_lists_the_largest_and_says_how_many_more(qt):
+    from napari_itermask._plugin.review_panel import TABLE_ROWS, ReviewPanel
+
+    panel = ReviewPanel()
+    qt.addWidget(panel)
+    panel.show()
+    rows = [_lesion(i + 1, 1000 - i) for i in range(TABLE_ROWS + 37)]  # largest first
+    panel.show_table(rows)
+    assert panel.table.rowCount() == TABLE_ROWS
+    assert panel.table.item(0, 0).text() == "1"
+    assert panel.table.item(TABLE_ROWS - 1, 0).text() == str(TABLE_ROWS)
+    assert panel.table_note.isVisibleTo(panel) and "37" in panel.table_note.text()
+    assert "CSV" in panel.table_note.text()
+    # the header still fits its columns to their contents after the fill
+    from qtpy.QtWidgets import QHeaderView
+
+    header = panel.table.horizontalHeader()
+    assert header.sectionResizeMode(0) == QHeaderView.ResizeMode.ResizeToContents
+    assert header.sectionResizeMode(3) == QHeaderView.ResizeMode.Stretch
+    panel.show_table(rows[:3])  # few lesions: all listed, no note
+    assert panel.table.rowCount() == 3 and not panel.table_note.isVisibleTo(panel)
+    panel.show_table([])
+    assert panel.table.rowCount() == 0 and not panel.table_note.isVisibleTo(panel)
+
+
+def test_threshold_range_is_measured_once_per_error_map(qt):
+    from napari_itermask._plugin.review_panel import ReviewPanel
+
+    class CountingMap(np.ndarray):
+        calls = 0
+
+        def max(self, *a, **k):
+            CountingMap.calls += 1
+            return super().max(*a, **k)
+
+    panel = ReviewPanel()
+    qt.addWidget(panel)
+    err = (np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 2).view(CountingMap)
+    assert panel._error_max(err) == pytest.approx(11.5)
+    assert panel._error_max(err) == pytest.approx(11.5) and CountingMap.calls == 1
+    other = (err * 2).view(CountingMap)  # a new map (the next frame): measured again
+    assert panel._error_max(other) == pytest.approx(23.0) and CountingMap.calls == 2
+
+
+def test_a_mask_frame_is_shown_without_copying_the_volume(viewer):
+    from types import SimpleNamespace
+
+    from napari_itermask._plugin.presenter import LayerPresenter
+
+    src = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="scan")
+    sess = SimpleNamespace(source=src, layers={}, shown_step=None)
+    presenter = LayerPresenter(viewer)
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1:3, 2:4, 1:5] = True
+    layer = presenter.show_mask(sess, mask)
+    assert sess.layers["mask"] is layer and layer.data.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(layer.data), mask.astype(np.uint8))
+    later = np.zeros_like(mask)
+    later[2, 2, 2] = True  # the next iteration's (smaller) mask
+    presenter.show_mask(sess, later)
+    assert sess.layers["mask"] is layer  # the same layer, new data
+    assert np.shares_memory(np.asarray(layer.data), later)  # the worker's array, no copy
+    np.testing.assert_array_equal(np.asarray(layer.data), later.astype(np.uint8))

@@ -111,11 +111,18 @@ class LayerPresenter:
     def _on_painted(sess, *_):
         sess.preview_edited = True
 
+    def show_mask(self, sess, mask):
+        """Show a mask (scan grid) in the session's mask layer. A boolean mask is shown as its
+        own bytes (0/1), so the GUI thread copies nothing: the worker made the array."""
+        mask = np.asarray(mask)
+        mask = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, copy=False)
+        return self.show(sess, "mask", mask, "labels", opacity=0.3,
+                         colormap=labels_cmap(MASK_COLOR))
+
     def show_step(self, sess, k: int, mask, error, recon) -> None:
         """Show history entry k's mask, error map and reconstruction (scan grid)."""
         sess.shown_step = k
-        self.show(sess, "mask", mask.astype(np.uint8), "labels", opacity=0.3,
-                  colormap=labels_cmap(MASK_COLOR))
+        self.show_mask(sess, mask)
         if recon is not None:
             self.show(sess, "reconstruction", recon, "image", colormap="gray",
                       visible=False, contrast_limits=(-3.0, 3.5))

@@ -11,6 +11,7 @@ a chosen ground truth, and a per-lesion table (``lesion_table``).
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 from qtpy.QtCore import QRectF, Qt, Signal
@@ -37,9 +38,12 @@ from ..params import SOURCES
 from .common import MarkedSlider, hint, signals_blocked
 from .presenter import ERROR_COLORS, ERROR_CONTROLS, error_limits
 
-__all__ = ["ReviewPanel", "ErrorLegend", "THRESHOLD_STEPS", "TABLE_HEADERS"]
+__all__ = ["ReviewPanel", "ErrorLegend", "THRESHOLD_STEPS", "TABLE_HEADERS", "TABLE_ROWS"]
 
 THRESHOLD_STEPS = 1000
+#: Lesions the dock's table lists at most (the largest); filling thousands of rows on every
+#: threshold move froze the window for a second at low thresholds, and the CSV has them all
+TABLE_ROWS = 100
 SOURCE_TEXTS = ("error > threshold", "the iteration's mask")  # short: the dock is narrow
 TABLE_HEADERS = ("#", "mL", "⌀ mm", "RAS mm", "mean")
 CENTROID_COLUMN = 3
@@ -117,6 +121,7 @@ class ReviewPanel(QGroupBox):
         super().__init__("Review (human–AI)", parent)
         self._threshold_max = 1.0
         self._voxel_ml: float | None = None
+        self._max_of: tuple | None = None  # (weak reference to an error map, its maximum)
         rv = QVBoxLayout(self)
 
         self.iter_label = QLabel("Iteration: –")
@@ -229,6 +234,9 @@ class ReviewPanel(QGroupBox):
                               "here; the CSV has decimals), mean intensity; Export writes it "
                               "as CSV beside the labels")
         rv.addWidget(self.table)
+        self.table_note = hint()
+        self.table_note.hide()
+        rv.addWidget(self.table_note)
 
         actions = QHBoxLayout()
         self.defaults_btn = QPushButton("Defaults")
@@ -314,10 +322,17 @@ class ReviewPanel(QGroupBox):
         card = sess.card
         top = 2.0 * float(card.threshold)
         if sess.error_scan is not None and sess.error_scan.size:
-            top = max(top, float(sess.error_scan.max()))
+            top = max(top, self._error_max(sess.error_scan))
         self._threshold_max = max(top, 1e-6)
         self.threshold_slider.set_mark(self._to_slider(float(card.threshold)))
         self.legend.set_range(error_limits(card.threshold), float(card.threshold))
+
+    def _error_max(self, error) -> float:
+        """The largest error of a map, computed once per map (the panel is shown again on
+        every frame and image switch; the map is the session's, kept until it changes)."""
+        if self._max_of is None or self._max_of[0]() is not error:
+            self._max_of = (weakref.ref(error), float(error.max()))
+        return self._max_of[1]
 
     def show_threshold(self, sess) -> None:
         card = sess.card
@@ -350,7 +365,29 @@ class ReviewPanel(QGroupBox):
         self.dice_label.setVisible(bool(dice))
 
     def show_table(self, rows) -> None:
-        """Rows of ``lesion_table.Lesion`` (largest first)."""
+        """Rows of ``lesion_table.Lesion`` (largest first); beyond ``TABLE_ROWS`` the table
+        shows the largest ones and says how many it leaves to the CSV."""
+        rows = list(rows)
+        shown = rows[:TABLE_ROWS]
+        # the header fits its columns to their contents: with that left on, every cell set
+        # measures the whole column again (a second for a few hundred rows); fit once instead
+        header = self.table.horizontalHeader()
+        modes = [header.sectionResizeMode(c) for c in range(self.table.columnCount())]
+        self.table.setUpdatesEnabled(False)
+        try:
+            for c in range(len(modes)):
+                header.setSectionResizeMode(c, QHeaderView.ResizeMode.Fixed)
+            self._fill_table(shown)
+        finally:
+            for c, mode in enumerate(modes):
+                header.setSectionResizeMode(c, mode)
+            self.table.setUpdatesEnabled(True)
+        more = len(rows) - len(shown)
+        self.table_note.setText(f"… and {more} smaller lesion(s): all are in the CSV that "
+                                "Export writes" if more else "")
+        self.table_note.setVisible(bool(more))
+
+    def _fill_table(self, rows) -> None:
         self.table.setRowCount(len(rows))
         for r, les in enumerate(rows):
             mean = "" if math.isnan(les.mean_intensity) else f"{les.mean_intensity:.4g}"

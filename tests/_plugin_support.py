@@ -82,17 +82,6 @@ def nifti(path, data, affine, qcode=1, scode=2):
 RUN_TIMEOUT_MS = 60_000
 
 
-@pytest.fixture
-def shown_notes(monkeypatch):
-    """Notifications shown by the plugin, by kind (nothing reaches napari's own manager)."""
-    from napari.utils import notifications
-
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
-    return seen
-
-
 def make_widget(viewer, model, qtbot=None):
     """The IterMask² widget on ``viewer`` with ``model`` on the CPU; any question fails."""
     from napari_itermask._plugin import IterMaskWidget

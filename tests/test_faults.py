@@ -553,3 +553,20 @@ def test_a_full_disk_during_the_widgets_export_keeps_the_earlier_export(
     assert len(notes["error"]) == 1 and "\n" not in notes["error"][0]
     assert "No space left on device" in notes["error"][0]
     assert _files(out_dir) == before
+
+
+def test_the_widget_deleted_mid_run_stops_its_worker_without_an_error(
+        gui, make_napari_viewer, qtbot, plugin_model, case, notes):
+    """Its dock closed while a run goes on: the worker stops, nothing raises in Qt's loop."""
+    viewer = make_napari_viewer()
+    gui.add_case(viewer, case)
+    w = gui.make_widget(viewer, plugin_model)  # not handed to qtbot: it is deleted here
+    assert w.run()
+    sess, worker = w._current_session(), w._worker
+    ended = []
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: len(sess.steps) >= 2, timeout=gui.RUN_TIMEOUT_MS)
+    w.deleteLater()
+    qtbot.waitUntil(lambda: bool(ended), timeout=gui.RUN_TIMEOUT_MS)
+    assert sess.stop.is_set() and not sess.finished
+    assert not notes["error"], notes["error"]

@@ -249,7 +249,21 @@ class Runner:
         host = self.host
         return host._sessions.get(id(sess.source)) is sess and sess.source in host._viewer.layers
 
+    def _host_gone(self) -> bool:
+        """Whether the widget was deleted (its dock closed, the viewer gone) while a worker
+        still ran; its sessions are then stopped, and nothing more is shown."""
+        try:
+            self.host.run_controls.run_btn.objectName()
+            return False
+        except RuntimeError:  # the Qt object behind it has been deleted
+            for sess in list(self.host._sessions.values()):
+                sess.close()
+            return True
+
     def _on_yielded(self, sess: Session, item) -> None:
+        if self._host_gone():
+            sess.close()  # also lets a worker waiting for this frame to be shown go on
+            return
         if not isinstance(item, Frame) and not self.alive(sess):
             return  # reset, or its image was removed: nothing to report
         status = self.host.run_controls.status
@@ -278,7 +292,8 @@ class Runner:
     def _on_worker_finished(self, worker) -> None:
         if self.worker is worker:
             self.worker, self.busy = None, None
-        self.host._update_buttons()
+        if not self._host_gone():
+            self.host._update_buttons()
 
     def _on_run_finished(self, sess: Session, reason: str) -> None:
         text = FINISHED_TEXT[reason]
@@ -341,6 +356,8 @@ class Runner:
 
     def _on_step_ready(self, sess: Session, result) -> None:
         k, mask, error, recon = result
+        if self._host_gone():
+            return
         if self.alive(sess) and self.mask_pending is None:
             self.host.presenter.show_step(sess, k, mask, error, recon)
             self.host._update_lesions(sess)

@@ -1,0 +1,421 @@
+"""The review's sliders and a run's per-iteration frames, timed through the widget's own code.
+
+A real napari window (run it under Xvfb), the IterMask² dock widget, a synthetic FLAIR brain of
+clinical size and a real run (bundled ``flair`` by default, ``--max-iter`` iterations) through
+the widget's Run button. Then, in interleaved rounds, each path (``today``: the code before the
+sliders work, put back for the round; ``new``: the package as it is) is driven the way a user
+drives it:
+
+- ``threshold``: the threshold slider moved step by step over a range around the calibrated
+  value (minimum size 0), and ``threshold, min size``: the same with a minimum lesion size;
+- ``min size``: the minimum-size control stepped up and down;
+- ``iteration``: the iteration slider moved between iterations, timed until the *mask* layer
+  shows the chosen iteration (the worker's maps arrive later and are timed as ``iteration
+  maps``);
+- ``frame``: each iteration's frame of the run, recorded as the run reported it, handed again
+  to the widget's frame handler.
+
+Every time runs from the control's change until the layer data are updated *and* the canvas
+is redrawn (pending Qt events processed, the canvas repainted, the GL pipeline finished).
+Before the rounds, both paths are checked to give the same lesion layer for the same values.
+
+    xvfb-run -a -s "-screen 0 1920x1080x24" python benchmarks/sliders.py --rounds 3
+
+Settings of the widget and of napari go to a temporary folder, never the user's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- today's path, put back for the "today" rounds ------------------------------------------------
+def _today_patches():
+    """(module, attribute, today's function) for every function the sliders work replaced."""
+    import numpy as np
+    from scipy import ndimage
+
+    from napari_itermask import pipeline
+    from napari_itermask._plugin import presenter, review_panel
+    from napari_itermask.core import segmentation
+
+    def remove_small(labels, min_size):
+        labels = np.asarray(labels, bool)
+        if min_size <= 1 or not labels.any():
+            return labels
+        comp, n = ndimage.label(labels, structure=np.ones((3,) * labels.ndim))
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        keep = sizes >= min_size
+        keep[0] = False
+        return keep[comp]
+
+    def lesion_stats(labels, voxel_volume_mm3):
+        labels = np.asarray(labels, bool)
+        if not labels.any():
+            return 0, 0.0
+        _, n = ndimage.label(labels, structure=np.ones((3,) * labels.ndim))
+        return int(n), float(labels.sum()) * voxel_volume_mm3 / 1000.0
+
+    def show(self, sess, role, data, kind, **kwargs):
+        layer = self.layer(sess, role)
+        data = presenter.to_layer_shape(data, sess.source)
+        if layer is None:
+            kw = presenter.derived_kwargs(sess.source, role, **kwargs)
+            layer = presenter.unwrap(getattr(self._viewer, f"add_{kind}")(data, **kw))
+            sess.layers[role] = layer
+            if role == "lesions":
+                layer.events.paint.connect(presenter.partial(self._on_painted, sess))
+            self._viewer.layers.selection.active = sess.source
+        else:
+            layer.data = data
+        return layer
+
+    def show_step(self, sess, k, mask, error, recon):
+        sess.shown_step = k
+        self.show(sess, "mask", mask.astype(np.uint8), "labels", opacity=0.3,
+                  colormap=presenter.labels_cmap(presenter.MASK_COLOR))
+        if recon is not None:
+            self.show(sess, "reconstruction", recon, "image", colormap="gray",
+                      visible=False, contrast_limits=(-3.0, 3.5))
+        if error is not None:
+            fresh = self.layer(sess, "error") is None
+            layer = self.show(sess, "error", error, "image",
+                              colormap=presenter.error_colormap(), blending="translucent",
+                              opacity=0.9,
+                              contrast_limits=presenter.error_limits(sess.card.threshold))
+            if fresh:
+                layer.colorbar.visible = True
+
+    def show_table(self, rows):
+        self.table.setRowCount(len(rows))
+        for r, les in enumerate(rows):
+            mean = "" if review_panel.math.isnan(les.mean_intensity) else (
+                f"{les.mean_intensity:.4g}")
+            cells = (str(les.lesion), f"{les.volume_ml:.3f}", f"{les.largest_diameter_mm:.1f}",
+                     ", ".join(f"{c:.0f}" for c in les.centroid_mm), mean)
+            for c, text in enumerate(cells):
+                item = review_panel.QTableWidgetItem(text)
+                if c != review_panel.CENTROID_COLUMN:
+                    item.setTextAlignment(int(review_panel.Qt.AlignmentFlag.AlignRight
+                                              | review_panel.Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(r, c, item)
+
+    def error_max(self, error):
+        return float(error.max())
+
+    patches = [(segmentation, "remove_small", remove_small),
+               (review_panel.ReviewPanel, "_error_max", error_max),
+               (review_panel.ReviewPanel, "show_table", show_table),
+               (segmentation, "lesion_stats", lesion_stats),
+               (pipeline, "remove_small", remove_small),
+               (pipeline, "lesion_stats", lesion_stats),
+               (presenter.LayerPresenter, "show", show),
+               (presenter.LayerPresenter, "show_step", show_step)]
+    return patches
+
+
+class Paths:
+    """Switches between today's functions and the package's own, by patching attributes."""
+
+    def __init__(self):
+        self._today = _today_patches()
+        self._new = [(obj, name, obj.__dict__[name]) for obj, name, _ in self._today]
+
+    def use(self, which: str) -> None:
+        for obj, name, fn in (self._today if which == "today" else self._new):
+            setattr(obj, name, fn)
+
+
+TARGETED = ("threshold", "threshold, min size", "min size", "iteration (mask shown)", "frame")
+
+
+def _tiny_model(folder):
+    """A random tiny model (the GUI tests' kind): a quick run whose maps mean nothing."""
+    import torch
+
+    from napari_itermask.models import ModelBundle, new_card, save_bundle
+
+    torch.manual_seed(0)
+    card = new_card("tiny", "flair", "tiny", grid_size=64, pixel_size_mm=3.75,
+                    min_brain_pixels=20, max_iter=6, tau=4.0, threshold=9.0, trained=False)
+    bundle = ModelBundle.fresh(card)
+    for net in (bundle.first, bundle.masked):
+        torch.nn.init.normal_(net.out.weight, std=0.05)
+    return save_bundle(bundle, folder)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- the run ------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="flair",
+                   help="bundled model name, model folder, or 'tiny' (a random 64² model "
+                        "built here: quick, its maps mean nothing)")
+    p.add_argument("--voxel-mm", type=float, default=1.2,
+                   help="voxel size of the synthetic brain (1.2: 164 x 194 x 158 voxels; the "
+                        "demo sample is 1.5)")
+    p.add_argument("--max-iter", type=int, default=3, help="iterations of the run")
+    p.add_argument("--moves", type=int, default=30, help="slider moves per action and round")
+    p.add_argument("--min-size", type=int, default=20,
+                   help="minimum lesion size (voxels) of the 'threshold, min size' rows")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--paths", default="today,new")
+    p.add_argument("--actions", default="threshold,min size,iteration,frame",
+                   help="which actions to time (comma-separated)")
+    p.add_argument("--profile", default=None, help="cProfile the new path's moves to this file")
+    args = p.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="itermask-sliders-"))
+    os.environ["ITERMASK_CONFIG_DIR"] = str(tmp / "config")
+    os.environ["ITERMASK_MODEL_DIR"] = str(tmp / "models")
+    os.environ["NAPARI_CONFIG"] = str(tmp / "napari" / "settings.yaml")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_itermask import synth
+    from napari_itermask._plugin import TITLE, IterMaskWidget
+    from napari_itermask._sample_data import SAMPLE_STRATUM, case_layers, sample_seed
+    from napari_itermask._session import Frame
+
+    paths = Paths()
+    case = synth.make_case("flair", sample_seed(), stratum=SAMPLE_STRATUM,
+                           voxel_size=args.voxel_mm)
+    viewer = napari.Viewer(title="sliders benchmark", show=True)
+    for data, kw, kind in case_layers(case):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    w = IterMaskWidget(viewer)
+    viewer.window.add_dock_widget(w, name=TITLE, area="right")
+    w.confirm = lambda *a: True
+    if args.model == "tiny":
+        args.model = str(_tiny_model(tmp / "tiny"))
+    if not w.set_model(args.model):
+        raise SystemExit(f"model {args.model!r} not found")
+    w.inputs.device.value = "cpu"
+    w.inputs.max_iter.value = args.max_iter
+    app = QApplication.instance()
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    panel = w.review_panel
+
+    def wait(cond, what, timeout_s=1800.0):
+        t0 = time.monotonic()
+        while not cond():
+            app.processEvents()
+            time.sleep(0.002)
+            if time.monotonic() - t0 > timeout_s:
+                raise SystemExit(f"timed out waiting for {what}")
+
+    def redraw():
+        app.processEvents()
+        canvas.native.repaint()
+        canvas.context.finish()
+
+    # the run, its frames recorded as the widget received them
+    frames: list = []
+    on_yielded = w.runner._on_yielded
+
+    def record(sess, item):
+        if isinstance(item, Frame):
+            frames.append(item)
+        on_yielded(sess, item)
+
+    w.runner._on_yielded = record
+    paths.use("new")
+    t0 = time.perf_counter()
+    assert w.run()
+    wait(lambda: w._worker is None, "the run")
+    run_s = time.perf_counter() - t0
+    say(f"run: {run_s:.0f} s")
+    w.runner._on_yielded = on_yielded
+    sess = w._current_session()
+    shape = sess.job.scan.data.shape
+    thr0 = float(sess.card.threshold)
+    lesions = sess.layers["lesions"]
+    mask_layer = sess.layers["mask"]
+    redraw()
+    say(f"canvas {canvas.size[0]}×{canvas.size[1]} px")
+    t = time.perf_counter()
+    for _ in range(10):
+        canvas.update()
+        redraw()
+    floor_ms = (time.perf_counter() - t) / 10 * 1000
+
+    # the actions: each returns the seconds of one move
+    ramp = np.linspace(0.6, 1.6, args.moves) * thr0
+
+    def set_threshold(value):
+        panel.threshold_spin.setValue(float(value))
+
+    def threshold_moves(min_size):
+        panel.min_size_spin.setValue(min_size)
+        set_threshold(ramp[0])
+        redraw()
+        out = []
+        for v in list(ramp[1:]) + list(ramp[-2::-1]):
+            t = time.perf_counter()
+            panel.threshold_slider.setValue(panel._to_slider(v))
+            redraw()
+            out.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        w._table_timer.stop()
+        w._refresh_table()
+        redraw()
+        tables.append(time.perf_counter() - t)
+        return out
+
+    tables: list = []
+    sizes = [int(s) for s in np.linspace(0, 4 * args.min_size, args.moves).round()]
+
+    def min_size_moves():
+        set_threshold(thr0)
+        panel.min_size_spin.setValue(0)
+        redraw()
+        out = []
+        for s in sizes[1:] + sizes[-2::-1]:
+            t = time.perf_counter()
+            panel.min_size_spin.setValue(s)
+            redraw()
+            out.append(time.perf_counter() - t)
+        return out
+
+    last = len(sess.steps) - 1
+
+    mask_set = []  # when the mask layer last got new data
+    mask_layer.events.data.connect(lambda *_: mask_set.append(time.perf_counter()))
+
+    def iteration_moves():
+        panel.min_size_spin.setValue(0)
+        set_threshold(thr0)
+        mask_out, maps_out = [], []
+        # one earlier iteration (its maps cost a network pass), the start (none), the last
+        for k in dict.fromkeys([max(last - 1, 0), 0, last]):
+            if k == panel.iter_slider.value():
+                continue
+            mask_set.clear()
+            t = time.perf_counter()
+            panel.iter_slider.setValue(k)
+            wait(lambda: mask_set, "the chosen mask")
+            redraw()
+            mask_out.append(time.perf_counter() - t)
+            wait(lambda k=k: w._mask_worker is None and sess.shown_step == k, "the maps")
+            redraw()
+            maps_out.append(time.perf_counter() - t)
+            if not np.array_equal(np.asarray(mask_layer.data) > 0, mask_at(k)):
+                raise SystemExit(f"the mask layer does not show iteration {k}")
+        panel.iter_slider.setValue(last)
+        wait(lambda: w._mask_worker is None and sess.shown_step == last, "the last maps")
+        return mask_out, maps_out
+
+    masks_at = {}
+
+    def mask_at(k):
+        if k not in masks_at:
+            from napari_itermask._layers import to_layer_shape
+
+            mask = sess.job.volume.scan_brain if k == 0 else sess.job.mask_on_scan(k)
+            masks_at[k] = to_layer_shape(mask, sess.source)
+        return masks_at[k]
+
+    def frame_moves():
+        out = []
+        for f in frames:
+            t = time.perf_counter()
+            w.runner._on_yielded(sess, f)
+            redraw()
+            out.append(time.perf_counter() - t)
+        return out
+
+    # the same lesion layer from both paths, for a few values
+    check = []
+    for which in args.paths.split(","):
+        paths.use(which)
+        panel.min_size_spin.setValue(1)  # away from the values below: each one is a change
+        set_threshold(2 * thr0)
+        got = []
+        for thr, ms in ((thr0, 0), (0.7 * thr0, args.min_size), (1.3 * thr0, 3)):
+            panel.min_size_spin.setValue(ms)
+            set_threshold(thr)
+            got.append(np.asarray(lesions.data).copy())
+        check.append(got)
+    same = True
+    for c, which in zip(check[1:], args.paths.split(",")[1:]):
+        for i, (a, b) in enumerate(zip(check[0], c)):
+            if not np.array_equal(a, b):
+                same = False
+                say(f"setting {i}: {which} differs from {args.paths.split(',')[0]} on "
+                    f"{int((a != b).sum())} voxels")
+
+    actions = {a.strip() for a in args.actions.split(",")}
+    rows: dict[tuple, list] = {}
+    def report(done_rounds):
+        print(f"\nscan {shape[0]}×{shape[1]}×{shape[2]} ({np.prod(shape) / 1e6:.1f} M voxels, "
+              f"{args.voxel_mm:g} mm), model {args.model}, run of {last} iteration(s) in "
+              f"{run_s:.0f} s, threshold {thr0:.4g}, {done_rounds} interleaved round(s), "
+              f"{args.moves} moves per action; same lesion layer on every path: "
+              f"{'yes' if same else 'NO'}; canvas {canvas.size[0]}×{canvas.size[1]} px, a redraw "
+              f"with no change {floor_ms:.0f} ms\n")
+        print("| action | path | moves | median ms | p90 ms | target |")
+        print("|---|---|---|---|---|---|")
+        for action in dict.fromkeys(a for a, _ in rows):
+            for which in names:
+                ts = rows.get((action, which), [])
+                if not ts:
+                    continue
+                ms = sorted(1000 * t for t in ts)
+                p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
+                target = "≤ 50 ms median" if action in TARGETED else ""
+                print(f"| {action} | {which} | {len(ms)} | {statistics.median(ms):.1f} | "
+                      f"{p90:.1f} | {target} |", flush=True)
+
+    names = args.paths.split(",")
+    prof = None
+    for r in range(args.rounds):
+        for which in (names if r % 2 == 0 else names[::-1]):
+            paths.use(which)
+            if args.profile and which == "new" and prof is None:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+            if "threshold" in actions:
+                rows.setdefault(("threshold", which), []).extend(threshold_moves(0))
+                rows.setdefault(("threshold, min size", which), []).extend(
+                    threshold_moves(args.min_size))
+                rows.setdefault(("lesion table, after a drag", which), []).extend(tables)
+                tables.clear()
+            if "min size" in actions:
+                rows.setdefault(("min size", which), []).extend(min_size_moves())
+            if "iteration" in actions:
+                m, mp = iteration_moves()
+                rows.setdefault(("iteration (mask shown)", which), []).extend(m)
+                rows.setdefault(("iteration maps", which), []).extend(mp)
+            if "frame" in actions:
+                rows.setdefault(("frame", which), []).extend(frame_moves())
+            if prof is not None and which == "new":
+                prof.disable()
+                prof.dump_stats(args.profile)
+            say(f"round {r + 1}, {which}: done")
+        report(r + 1)
+    paths.use("new")
+    viewer.close()
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -152,6 +152,48 @@ def _tiny_model(folder):
     return save_bundle(bundle, folder)
 
 
+def core_table(args) -> int:
+    """Threshold + minimum size + lesion count, today's functions and the new ones, interleaved,
+    on a smooth random error map inside an ellipsoid brain of the clinical grid."""
+    import numpy as np
+    from scipy import ndimage
+
+    from napari_itermask.core import segmentation
+
+    today = {name: fn for obj, name, fn in _today_patches() if obj is segmentation}
+    new = {"remove_small": segmentation.remove_small, "lesion_stats": segmentation.lesion_stats}
+    shape = tuple(round(s * 1.2 / args.voxel_mm) for s in (164, 194, 158))
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.ogrid[tuple(slice(0, s) for s in shape)]
+    brain = sum(((g - s / 2) / (0.45 * s)) ** 2 for g, s in zip((zz, yy, xx), shape)) < 1
+    err = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.5)
+    err = np.where(brain, err, 0)
+    inside = err[brain]
+    print(f"\nsmooth random error map {shape[0]}×{shape[1]}×{shape[2]}, threshold at a share "
+          f"of the brain, minimum size {args.min_size}; median of {args.rounds} interleaved "
+          f"rounds × 5\n")
+    print("| share above the threshold | lesions | today ms | new ms | speed-up | same |")
+    print("|---|---|---|---|---|---|")
+    for share in (0.001, 0.01, 0.05, 0.2):
+        thr = float(np.quantile(inside, 1 - share))
+        times = {"today": [], "new": []}
+        outs = {}
+        for r in range(args.rounds):
+            for which, fns in (("today", today), ("new", new))[:: 1 if r % 2 == 0 else -1]:
+                for _ in range(5):
+                    t = time.perf_counter()
+                    lab = fns["remove_small"]((err > thr) & brain, args.min_size)
+                    n, _ = fns["lesion_stats"](lab.astype(np.uint8), 1.0)
+                    times[which].append(time.perf_counter() - t)
+                outs[which] = (lab, n)
+        same = np.array_equal(outs["today"][0], outs["new"][0]) and (
+            outs["today"][1] == outs["new"][1])
+        a, b = (1000 * statistics.median(times[k]) for k in ("today", "new"))
+        print(f"| {share:.1%} | {outs['new'][1]} | {a:.1f} | {b:.1f} | {a / b:.1f}× | "
+              f"{'yes' if same else 'NO'} |", flush=True)
+    return 0
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -174,8 +216,13 @@ def main(argv=None) -> int:
     p.add_argument("--paths", default="today,new")
     p.add_argument("--actions", default="threshold,min size,iteration,frame",
                    help="which actions to time (comma-separated)")
+    p.add_argument("--core", action="store_true",
+                   help="no window: time only the numpy part of a threshold move (threshold, "
+                        "minimum-size filter, lesion count) on a smooth synthetic error map")
     p.add_argument("--profile", default=None, help="cProfile the new path's moves to this file")
     args = p.parse_args(argv)
+    if args.core:
+        return core_table(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="itermask-sliders-"))
     os.environ["ITERMASK_CONFIG_DIR"] = str(tmp / "config")

@@ -10,6 +10,10 @@
   outer PX pixels per slice, and the rate counts the pixels inside that rim only. With
   ``--polarity bright|dark`` only deviations of that sign count as error, for τ, the loop and
   the threshold alike.
+- precision: τ and the threshold always come calibrated in fp32 (the card's ``tau`` and
+  ``threshold``). ``--precision bf16`` calibrates both again, on the same slices and masks, with
+  the networks in bf16 (``core.fuse``), records them in the card's ``calibrations["bf16"]`` and
+  makes bf16 the model's default precision (``precision``); it needs a CPU with native bf16.
 
 Example:
   python -m training.calibrate --run runs/flair --val data/flair_val.npz --name flair \\
@@ -26,12 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_itermask import allocator
 from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
 from napari_itermask.core.conditioning import RadiusConditioning
 from napari_itermask.core.engine import error_scale, masked_net_input, run_to_end
-from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
+from napari_itermask.core.frequency import high_pass
 from napari_itermask.core.masks import MaskSampler
+from napari_itermask.core.precision import PRECISIONS, bf16_supported
 from napari_itermask.core.residual import ResidualScale, fit_residual_scale
 from napari_itermask.core.segmentation import (
     POLARITIES,
@@ -100,11 +106,15 @@ def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = No
 
 
 def masked_errors(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: int = 2,
-                  batch: int = 32) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+                  batch: int = 32, precision: str = "fp32"
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """The masked net's errors on healthy slices under random training masks (docs/method.md
     §4, §5), as the loop counts them (polarity, standardised residual if the card has one; not
-    smoothed): per batch (errors, masks, first slice index)."""
-    cfg = engine_config(bundle.card)
+    smoothed), with the net as it runs in ``precision``: per batch (errors, masks, first slice
+    index). The masks and noise depend on ``seed`` only, so every precision sees the same."""
+    cfg = engine_config(bundle.card, precision="fp32")  # τ plays no part in the net's input
+    # a bundle's inference copy; anything with a ``masked`` net (tests' recorders) runs as is
+    net = bundle.nets(precision)[1] if hasattr(bundle, "nets") else bundle.masked
     scale = error_scale(val.x, val.brain, cfg)
     rng = np.random.default_rng(seed)
     sampler = MaskSampler(size=val.x.shape[-1])
@@ -116,7 +126,7 @@ def masked_errors(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: in
                 m = torch.from_numpy(sampler.sample_batch(val.brain[i:i + batch], rng))[:, None]
                 eps = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
                 br = torch.from_numpy(val.brain[i:i + batch])[:, None]
-                out = bundle.masked(masked_net_input(x, m, eps, br, cfg))
+                out = net(masked_net_input(x, m, eps, br, cfg))
                 e = squared_error(x, out, bundle.card.error_polarity)[:, 0].numpy()
                 errs.append(e if scale is None else e / scale[i:i + batch])
                 masks.append(m[:, 0].numpy())
@@ -125,8 +135,8 @@ def masked_errors(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: in
 
 
 def calibrate_tau(bundle: ModelBundle, val: SliceSet, percentile: float, seed: int = 0,
-                  n_masks: int = 2, batch: int = 32) -> float:
-    errs, masks, _ = masked_errors(bundle, val, seed, n_masks, batch)
+                  n_masks: int = 2, batch: int = 32, precision: str = "fp32") -> float:
+    errs, masks, _ = masked_errors(bundle, val, seed, n_masks, batch, precision)
     sigma = bundle.card.error_smoothing
     return tau_from_masked_errors([smooth_within(e, m, sigma) for e, m in zip(errs, masks)],
                                   masks, percentile)
@@ -143,9 +153,13 @@ def fit_scale(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: int = 
                               val.brain[sel])
 
 
-def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: int = 0):
-    cfg = engine_config(bundle.card, seed=seed)
-    state, _ = run_to_end(val.x, val.brain, bundle.first, bundle.masked, cfg)
+def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: int = 0,
+                        precision: str = "fp32", tau: float | None = None):
+    """The threshold from the full loop on healthy slices with the networks in ``precision``
+    and ``tau`` (None: the card's fp32 τ)."""
+    cfg = engine_config(bundle.card, seed=seed, tau=tau, precision="fp32")
+    f1, f = bundle.nets(precision)
+    state, _ = run_to_end(val.x, val.brain, f1, f, cfg)
     thr = threshold_from_healthy(state.error, inner_region(val.brain, cfg.rim), fpr)
     return thr, state
 
@@ -196,6 +210,10 @@ def build_parser():
     p.add_argument("--other-contrast", action="store_true",
                    help="with --model: calibrate weights trained on another contrast for "
                         "--modality (recorded in the card), e.g. T1 weights for T1CE")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: also calibrate τ and the threshold with the networks in bf16 (on "
+                        "the same slices) and make bf16 the model's default precision; needs a "
+                        "CPU with native bf16 (fp32 is always calibrated)")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -208,12 +226,16 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    allocator.tune()  # batches of 32 slices: large activations stay on the heap
     if args.threads:
         torch.set_num_threads(args.threads)
     if not np.isfinite(args.smoothing) or args.smoothing < 0:
         raise SystemExit("--smoothing must be a finite number >= 0")
     if args.rim < 0:
         raise SystemExit("--rim must be >= 0")
+    if args.precision == "bf16" and not bf16_supported("cpu"):
+        raise SystemExit("--precision bf16: this CPU has no native bf16 instructions "
+                         "(avx512_bf16 or amx_bf16); calibrate on one that has")
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("calibration takes healthy validation data only; this set has lesions")
@@ -234,6 +256,9 @@ def main(argv=None) -> int:
     else:
         bundle = bundle_from_run(Path(args.run), args.name, args.modality, half=args.half,
                                  first_from=args.first_from)
+    # every calibration is made anew below: an older one in another precision would be stale
+    bundle.card.calibrations = {}
+    bundle.card.precision = "fp32"
     bundle.card.error_smoothing = float(args.smoothing)
     bundle.card.error_rim = int(args.rim)
     bundle.card.error_polarity = args.polarity
@@ -270,7 +295,8 @@ def main(argv=None) -> int:
     bundle.card.tau_derivation = {
         "method": "percentile of squared error inside random training masks (masked net)",
         "polarity": args.polarity, "standardised": bool(args.standardise),
-        "percentile": args.tau_percentile, "data": val.meta, "slices": len(val)}
+        "percentile": args.tau_percentile, "data": val.meta, "slices": len(val),
+        "precision": "fp32"}
     log(f"tau = {bundle.card.tau:.5g} ({args.tau_percentile}th percentile)")
     loop_val = val
     if 0 < args.max_slices < len(val):
@@ -278,14 +304,31 @@ def main(argv=None) -> int:
         loop_val = SliceSet(val.x[keep], val.brain[keep], val.meta)
     thr, state = calibrate_threshold(bundle, loop_val, args.fpr, args.seed)
     bundle.card.threshold = thr
-    bundle.card.threshold_derivation = {
-        "method": "healthy false-positive rate of final error maps (full loop, model grid)",
-        "false_positive_rate": args.fpr, "rim_px": int(args.rim), "data": val.meta,
-        "slices": len(loop_val),
-        "mean_iterations": float(state.iterations.mean()),
-        "first_step": bundle.card.first_step, "context_gap": bundle.card.context_gap}
+
+    def derivation(state, precision):
+        return {
+            "method": "healthy false-positive rate of final error maps (full loop, model grid)",
+            "false_positive_rate": args.fpr, "rim_px": int(args.rim), "data": val.meta,
+            "slices": len(loop_val),
+            "mean_iterations": float(state.iterations.mean()),
+            "first_step": bundle.card.first_step, "context_gap": bundle.card.context_gap,
+            "precision": precision}
+
+    bundle.card.threshold_derivation = derivation(state, "fp32")
     log(f"threshold = {thr:.5g} (healthy FPR {args.fpr}); mean iterations "
         f"{state.iterations.mean():.1f}")
+    if args.precision != "fp32":
+        p = args.precision
+        tau_p = calibrate_tau(bundle, val, args.tau_percentile, args.seed, precision=p)
+        thr_p, state_p = calibrate_threshold(bundle, loop_val, args.fpr, args.seed,
+                                             precision=p, tau=tau_p)
+        bundle.card.calibrations = {p: {
+            "tau": tau_p, "threshold": thr_p,
+            "tau_derivation": {**bundle.card.tau_derivation, "precision": p},
+            "threshold_derivation": derivation(state_p, p)}}
+        bundle.card.precision = p
+        log(f"{p}: tau = {tau_p:.5g}, threshold = {thr_p:.5g}; mean iterations "
+            f"{state_p.iterations.mean():.1f}")
     save_bundle(bundle, args.output, overwrite=args.overwrite)
     log(f"wrote bundle {args.output}")
     return 0

@@ -8,9 +8,9 @@ Methods (every threshold from healthy validation slices at the same false-positi
   no-iteration  ablation: the first network's error only, (x − f1(x_f))² ("-spat" in the paper)
   itermask -freq  ablation (``--no-freq-model``): a bundle whose masked net was trained without
                 x_f (``train --no-guidance``), calibrated the same way; its own card threshold
-  LABEL         (``--variant LABEL=MODEL``, repeatable) any other bundle on the same cases, e.g.
-                the x_f-guided model where the shipped one is unguided; its own card threshold
-                (and error polarity)
+  LABEL         (``--variant LABEL=MODEL[@PRECISION]``, repeatable) any other bundle on the same
+                cases, e.g. the x_f-guided model where the shipped one is unguided; its own card
+                threshold (and error polarity), in its card's precision or the one named
   intensity     no network: the normalised intensity itself (bright for FLAIR/T2, dark for T1)
 
 Every method's score map is smoothed with the model's ``error_smoothing`` σ (0 = none, the
@@ -66,9 +66,12 @@ from napari_itermask.core.metrics import (
     size_stratum,
     ssim_normal,
 )
+from napari_itermask.core.precision import PRECISIONS, usable_precision
 from napari_itermask.core.segmentation import error_map, inner_region, smooth_within
+from napari_itermask.errors import ModelError
 from napari_itermask.models import load_bundle
 from napari_itermask.names import nifti_stem, tagged_nifti
+from napari_itermask.params import RunParams
 from napari_itermask.pipeline import Job, engine_config, prepare
 from napari_itermask.volume import load_scan, scan_from_array
 
@@ -90,14 +93,29 @@ def _recon_error(recon, x: np.ndarray, brain: np.ndarray, polarity: str,
     return out
 
 
+def run_precision(bundle, asked: str | None = None) -> str:
+    """The precision a bundle is evaluated in: ``asked``, else its card's. Refused (SystemExit)
+    when the card has no calibration for it or this CPU cannot run it natively: an evaluation
+    must run the arithmetic it is labelled with."""
+    p = asked or bundle.card.precision
+    try:
+        bundle.card.calibration(p)
+    except ModelError as exc:
+        raise SystemExit(str(exc)) from None
+    used, notice = usable_precision(p, bundle.device)
+    if notice:
+        raise SystemExit(f"{bundle.card.name}: {notice}")
+    return used
+
+
 def first_error(bundle, x: np.ndarray, brain: np.ndarray, batch: int = 32,
-                seed: int = 0) -> np.ndarray:
+                seed: int = 0, precision: str | None = None) -> np.ndarray:
     """The "no iterations" ablation's map: the loop's own first step on (N, H, W) slices — f1's
     error in the paper, with everything the card adds (polarity, first step, standardised
     residual, smoothing, rim) — so that its healthy threshold and its test maps (the first state
     of each case's loop) are one computation. Skipped slices (too little brain) map to 0."""
-    cfg = engine_config(bundle.card, seed=seed, max_iter=1, batch_size=batch)
-    first = next(run_loop(x, brain, bundle.first, bundle.masked, cfg), None)
+    cfg = engine_config(bundle.card, seed=seed, max_iter=1, batch_size=batch, precision=precision)
+    first = next(run_loop(x, brain, *bundle.nets(precision or bundle.card.precision), cfg), None)
     return np.zeros_like(x, dtype=np.float32) if first is None else first.error
 
 
@@ -129,17 +147,21 @@ def model_grid_label(geo, gt: np.ndarray) -> np.ndarray:
     return protocols.label_from_fraction(frac)
 
 
-def slice_loop(bundle, vol, k: int, seed: int = 0) -> tuple[IterationState, IterationState]:
+def slice_loop(bundle, vol, k: int, seed: int = 0, precision: str | None = None
+               ) -> tuple[IterationState, IterationState]:
     """The bundle's shrink loop on model-grid slice ``k`` of ``vol`` alone: (first, last) state.
 
     ``vol`` is the whole prepared volume (normalised as a whole, exactly as the pipeline does
     for a scan); only slice ``k`` runs, under its own slice id, so its noise — and its result —
     are those of a run on the full volume (the engine's results do not depend on batching).
     A slice the engine skips (too little brain) gets a zero error map and its own image.
+    ``precision`` (None: the card's) chooses the networks' arithmetic and the calibrated τ.
     """
     first = last = None
-    for st in run_loop(vol.x[k:k + 1], vol.brain[k:k + 1], bundle.first, bundle.masked,
-                       engine_config(bundle.card, seed=seed), slice_ids=[k]):
+    precision = precision or bundle.card.precision
+    for st in run_loop(vol.x[k:k + 1], vol.brain[k:k + 1], *bundle.nets(precision),
+                       engine_config(bundle.card, seed=seed, precision=precision),
+                       slice_ids=[k]):
         first = st if first is None else first
         last = st
     if last is None:
@@ -186,7 +208,7 @@ def paper_case(name, vol, gt, ctx, slab=None):
         return None
     x, br, g = vol.x[k:k + 1], vol.brain[k:k + 1], lab[k]
     region = inner_region(br, ctx.bundle.card.error_rim)
-    first, last = slice_loop(ctx.bundle, vol, k, ctx.loop_seed)
+    first, last = slice_loop(ctx.bundle, vol, k, ctx.loop_seed, ctx.precision["itermask"])
     scores = {"itermask": last.error[0], "no-iteration": first.error[0],
               "intensity": ctx.smoothed(intensity_score(x, br, ctx.modality), br, region,
                                         -np.inf)[0]}
@@ -195,7 +217,7 @@ def paper_case(name, vol, gt, ctx, slab=None):
         scores[kind] = ctx.smoothed(baseline_error(mdl, x, br, ctx.polarity), br, region)[0]
         recons[kind] = baseline_recon(mdl, x)[0]
     for label, other in ctx.variants.items():
-        _, lv = slice_loop(other, vol, k, ctx.loop_seed)
+        _, lv = slice_loop(other, vol, k, ctx.loop_seed, ctx.precision[label])
         scores[label], recons[label] = lv.error[0], lv.recon[0]
     row = {"case": name, "slice": k,
            "slice_position": float(protocols.axial_position(brain_px)[k]),
@@ -394,8 +416,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for results.json and results.md")
     p.add_argument("--baseline-polarity", choices=["both", "bright", "dark"], default=None,
                    help="deviations the AE and DAE maps count (default: the model card's)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="arithmetic of --model's networks (default: its card's); the τ and "
+                        "threshold calibrated in it are used")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    from napari_itermask import allocator
+
+    allocator.tune()  # batches of 32 slices: large activations stay on the heap
     if args.threads:
         torch.set_num_threads(args.threads)
     clinical = args.protocol in ("clinical", "both")
@@ -419,11 +447,13 @@ def main(argv=None) -> int:
         out = smooth_within(score, brain, sigma)
         return np.where(region, out, np.float32(outside))
 
+    precision = {"itermask": run_precision(bundle, args.precision)}
     thr = {
-        "itermask": bundle.card.threshold,
+        "itermask": bundle.card.calibration(precision["itermask"])["threshold"],
         # the engine's first state is already smoothed and cut to the rim, like the loop's
-        "no-iteration": threshold_from_healthy(first_error(bundle, val.x, val.brain), val_region,
-                                               args.fpr),
+        "no-iteration": threshold_from_healthy(
+            first_error(bundle, val.x, val.brain, precision=precision["itermask"]), val_region,
+            args.fpr),
     }
     variants = {}
     if args.no_freq_model:
@@ -432,10 +462,14 @@ def main(argv=None) -> int:
             raise SystemExit(f"--no-freq-model {args.no_freq_model} was trained with x_f guidance")
     for spec in args.variant:
         label, sep, model = spec.partition("=")
+        head, _, prec = model.rpartition("@")
+        model, prec = (head, prec) if head and prec in PRECISIONS else (model, "")
         taken = {*thr, *variants, "AE", "DAE", "intensity"}  # every other method's label
         if not sep or not label or not model or label in taken:
-            raise SystemExit(f"--variant wants a new LABEL=MODEL, got {spec!r}")
+            raise SystemExit(f"--variant wants a new LABEL=MODEL[@{'|'.join(PRECISIONS)}], got "
+                             f"{spec!r}")
         variants[label] = load_bundle(model)
+        precision[label] = prec or None
     # a variant may count other deviations (error_polarity): its loop, map and card threshold
     # are its own, e.g. the paper's two-sided error beside a one-sided model
     same = ("grid_size", "pixel_size_mm", "normalisation", "min_brain_pixels", "error_smoothing",
@@ -444,7 +478,8 @@ def main(argv=None) -> int:
         if any(getattr(other.card, k) != getattr(bundle.card, k) for k in same):
             raise SystemExit(f"{label}: the model must use the same model grid, error "
                              "smoothing and rim as --model")
-        thr[label] = other.card.threshold
+        precision[label] = run_precision(other, precision.get(label))
+        thr[label] = other.card.calibration(precision[label])["threshold"]
     baselines = load_baselines(Path(args.baselines), bundle.card.preset) if args.baselines else {}
     for kind, model in baselines.items():
         thr[kind] = threshold_from_healthy(
@@ -457,7 +492,8 @@ def main(argv=None) -> int:
     methods = list(thr)
     ctx = _Context(bundle=bundle, variants=variants, baselines=baselines, thr=thr,
                    methods=methods, smoothed=smoothed, modality=args.modality, polarity=pol,
-                   rim=rim, rising_tau=args.rising_tau, loop_seed=args.loop_seed)
+                   rim=rim, rising_tau=args.rising_tau, loop_seed=args.loop_seed,
+                   precision=precision)
     per_case, panels = [], []
     paper_rows, paper_maps, paper_panels, dropped = [], [], [], []
     n_volumes = 0
@@ -493,7 +529,7 @@ def main(argv=None) -> int:
                "stratum": args.stratum if synthetic else None,
                "anatomy": args.anatomy if synthetic else None,
                "seeds": case_seeds(args.split, args.n, args.stratum) if synthetic else None,
-               "loop_seed": args.loop_seed,
+               "loop_seed": args.loop_seed, "precision": precision,
                "leftover": bool(args.leftover and synthetic)}
     if clinical:
         summary["statistics"] = clinical_statistics(per_case, methods)
@@ -528,7 +564,8 @@ def clinical_case(name, scan, gt, ctx):
     """One case under the clinical protocol: the whole loop on the whole scan, every method at
     its honest threshold on the scan's grid. Returns (row, figure panel, prepared volume)."""
     bundle, thr, methods, rim = ctx.bundle, ctx.thr, ctx.methods, ctx.rim
-    job = Job.create(scan, bundle, seed=ctx.loop_seed)
+    job = Job.create(scan, bundle, RunParams(precision=ctx.precision["itermask"]),
+                     seed=ctx.loop_seed)
     first_state = None
     for st in job.iterate():
         if first_state is None:
@@ -545,7 +582,8 @@ def clinical_case(name, scan, gt, ctx):
            for k, mdl in ctx.baselines.items()},
     }
     for label, other in ctx.variants.items():
-        scores_model[label] = Job.create(scan, other, seed=ctx.loop_seed).run_all().error
+        scores_model[label] = Job.create(scan, other, RunParams(precision=ctx.precision[label]),
+                                         seed=ctx.loop_seed).run_all().error
     gt_model = geo.to_model(gt.astype(np.float32), order=1) > 0.5
     row = {"case": name, "lesion_ml": float(gt.sum() * scan.voxel_volume_mm3 / 1000),
            "mean_iterations": float(job.history.last.iterations[
@@ -585,7 +623,8 @@ def clinical_case(name, scan, gt, ctx):
           for k in range(len(vol.x)) if last.status[k] != 3]
     row["itermask"]["ssim_normal"] = float(np.mean(ss))
     if ctx.rising_tau > 0:
-        job2 = Job.create(scan, bundle, tau_step=ctx.rising_tau, max_iter=40,
+        job2 = Job.create(scan, bundle, RunParams(precision=ctx.precision["itermask"]),
+                          tau_step=ctx.rising_tau, max_iter=40,
                           seed=ctx.loop_seed)
         job2.run_all()
         best = 0.0

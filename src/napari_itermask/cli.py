@@ -132,7 +132,7 @@ def run_params(args):
     given = {name: getattr(args, attr) for name, attr in (
         ("tau", "tau"), ("first_unmask", "first_unmask"), ("max_iter", "max_iter"),
         ("seed", "seed"), ("threshold", "threshold"), ("min_size", "min_size"),
-        ("iteration", "iteration"), ("source", "result"))
+        ("iteration", "iteration"), ("source", "result"), ("precision", "precision"))
         if getattr(args, attr) is not None}
     return (params.replace(**given) if given else params), side
 
@@ -157,6 +157,17 @@ def _replay_checks(side: dict, bundle, scan, args) -> None:
     if side.get("edited_by_user"):
         print(f"warning: the labels of {args.params} were edited by hand; the replay gives "
               "the result before the edits", file=sys.stderr)
+
+
+def _precision_for(params, bundle, quiet: bool = False):
+    """``params`` with the precision that will run: refused (one line) when the model has no
+    calibration for the one asked for; bf16 without native bf16 runs fp32, said once here."""
+    from .pipeline import runnable_precision
+
+    used, notice = runnable_precision(params, bundle)
+    if notice and not quiet:
+        print(f"note: {notice}", file=sys.stderr)
+    return params.replace(precision=used)
 
 
 def _sidecar_model(side: dict) -> str:
@@ -241,6 +252,7 @@ def _segment_one(args, inp: Path, target: Path) -> int:
         inp.name, args.run_params.max_iter or bundle.card.max_iter)
     if args.sidecar is not None:
         _replay_checks(args.sidecar, bundle, scan, args)
+    args.run_params = _precision_for(args.run_params, bundle, args.quiet)
     prov = segment_and_write(scan, bundle, target, args.run_params, brain_mask=mask,
                              brain_mask_source=mask_source,
                              batch_size=args.batch_size, save_error_map=args.save_error_map,
@@ -561,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay the result a sidecar records (its model, run, iteration, "
                         "source, threshold, minimum size); flags given override its values")
     s.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="arithmetic of the networks (default fp32); bf16 needs a model "
+                        "calibrated in bf16 (its card's calibrations) and runs fp32 on CPUs "
+                        "without native bf16")
     s.add_argument("--save-error-map", action="store_true", help="also write the error map")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress output")

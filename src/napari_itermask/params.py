@@ -13,6 +13,10 @@ the chosen ``iteration`` (None: the last), the ``source`` (``"error"``: that ite
 reconstruction error above ``threshold``, the paper's segmentation when taken at the last
 iteration; ``"mask"``: the mask left after that iteration) and the minimum lesion size in
 voxels of the scan's grid.
+
+The arithmetic: ``precision`` (``core.precision``; None: fp32, whatever the card prefers) — τ
+and the threshold the card gives are the ones calibrated in that precision
+(``ModelCard.calibration``), and a sidecar records the precision that ran.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.precision import PRECISIONS
 from .errors import ItermaskError
 
 __all__ = ["ParamsError", "RunParams", "SOURCES"]
@@ -74,6 +79,7 @@ class RunParams:
     source: str = "error"  # "error" (thresholded error map) or "mask"
     threshold: float | None = None  # segmentation threshold on the error map (source error)
     min_size: int = 0  # lesions under this many voxels (scan grid) are dropped
+    precision: str | None = None  # "fp32" or "bf16"; None = fp32
 
     def __post_init__(self):
         put = object.__setattr__
@@ -85,6 +91,9 @@ class RunParams:
         put(self, "iteration", _int("iteration", self.iteration, low=0))
         put(self, "threshold", _float("threshold", self.threshold, low=0.0))
         put(self, "min_size", _int("minimum lesion size", self.min_size, low=0, optional=False))
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ParamsError(f"precision must be one of {', '.join(PRECISIONS)}, not "
+                              f"{self.precision!r}")
         if self.source not in SOURCES:
             raise ParamsError(f"result source must be one of {', '.join(SOURCES)}, "
                               f"not {self.source!r}")
@@ -127,13 +136,27 @@ class RunParams:
         return dataclasses.replace(self, **changes)
 
     def resolve(self, card) -> "RunParams":
-        """These parameters with every None the card decides filled in from ``card``."""
+        """These parameters with every None the card decides filled in from ``card``; τ and
+        the threshold from the card's calibration in the run's precision (a precision the card
+        has no calibration for is refused: ``ParamsError``)."""
+        precision = self.precision or "fp32"
+        cal = {"tau": card.tau, "threshold": card.threshold}
+        if precision != "fp32":
+            from .errors import ModelError
+
+            try:
+                cal = card.calibration(precision)
+            except ModelError as exc:
+                raise ParamsError(str(exc)) from None
+
         def pick(name):
             value = getattr(self, name)
-            return getattr(card, name) if value is None else value
+            return cal[name] if name in cal and value is None else (
+                getattr(card, name) if value is None else value)
 
         return self.replace(tau=pick("tau"), first_unmask=pick("first_unmask"),
-                            max_iter=pick("max_iter"), threshold=pick("threshold"))
+                            max_iter=pick("max_iter"), threshold=pick("threshold"),
+                            precision=precision)
 
     @property
     def tau_in_force(self) -> float | None:

@@ -5,6 +5,13 @@ step has exactly one implementation. ``Job.iterate`` yields the engine's states 
 use; ``segment_scan`` runs the loop as a ``RunParams`` says and returns the chosen result (by
 default the paper's: the last iteration's error above the card's threshold) on the scan's own
 grid plus provenance that replays it.
+
+The networks run as ``ModelBundle.nets(precision)`` gives them (BatchNorm folded, pointwise
+work fused; bf16 where asked for and calibrated). bf16 asked for on a device without native bf16
+runs in fp32 instead, with a notice in ``Job.notices`` and the sidecar's warnings; the
+parameters then record fp32, the precision that ran. A run is fp32 unless its parameters ask
+for bf16, even for a card calibrated in bf16 too (``ModelCard.precision`` is what evaluation
+uses): the validated arithmetic is the default, the faster one a choice.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ from .core.engine import (
     reconstruct_at,
     run,
 )
+from .core.precision import usable_precision
 from .core.segmentation import lesion_stats, remove_small
 from .models import ModelBundle
 from .params import ParamsError, RunParams
 from .volume import ModelGridVolume, Scan, to_model_grid
 
 __all__ = ["Job", "SegmentationResult", "RunParams", "describe", "engine_config", "prepare",
-           "segment_scan", "pick_device", "provenance"]
+           "segment_scan", "pick_device", "provenance", "runnable_precision"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -67,12 +75,14 @@ def prepare(scan: Scan, bundle: ModelBundle, brain_mask: np.ndarray | None = Non
 
 
 def engine_config(card, *, tau=None, max_iter=None, first_unmask=None, seed: int = 0,
-                  batch_size: int = 32, tau_step=None) -> EngineConfig:
-    """The loop a model card describes, the keyword arguments overriding it where given.
+                  batch_size: int = 32, tau_step=None, precision=None) -> EngineConfig:
+    """The loop a model card describes, the keyword arguments overriding it where given (τ
+    from the card's calibration in ``precision``; None: fp32).
 
     Kept for training/ and benchmarks/; new code builds a ``RunParams`` and calls
     ``EngineConfig.from_card(card, params)``."""
-    params = RunParams(tau=tau, max_iter=max_iter, first_unmask=first_unmask, seed=seed)
+    params = RunParams(tau=tau, max_iter=max_iter, first_unmask=first_unmask, seed=seed,
+                       precision=precision)
     return EngineConfig.from_card(card, params.resolve(card), batch_size=_batch(batch_size),
                                   tau_step=tau_step)
 
@@ -108,6 +118,12 @@ class Job:
     params: RunParams = field(default_factory=RunParams)
     continued: list = field(default_factory=list)
     brain_mask_source: str | None = None  # where a given brain mask came from; None: automatic
+    notices: list = field(default_factory=list)  # one-line notes for the user (and the sidecar)
+
+    @property
+    def nets(self):
+        """(f1, f) as the run's precision runs them (``ModelBundle.nets``)."""
+        return self.bundle.nets(self.params.precision or "fp32")
 
     @classmethod
     def create(cls, scan: Scan, bundle: ModelBundle, params: RunParams | None = None, *,
@@ -115,14 +131,15 @@ class Job:
                tau_step=None, tau=None, max_iter=None, first_unmask=None, seed=None) -> "Job":
         """``params`` (None: the card's loop), with the keyword overrides (kept for older
         callers) applied on top; every value is validated once, in ``RunParams``."""
-        params = _with(params, tau=tau, max_iter=max_iter, first_unmask=first_unmask,
-                       seed=seed).resolve(bundle.card)
+        params = _with(params, tau=tau, max_iter=max_iter, first_unmask=first_unmask, seed=seed)
+        params, notices = _runnable(params, bundle)
         cfg = EngineConfig.from_card(bundle.card, params, batch_size=_batch(batch_size),
                                      tau_step=tau_step)
         vol = prepare(scan, bundle, brain_mask)
         if brain_mask is not None and brain_mask_source is None:
             brain_mask_source = "given"
-        return cls(scan, bundle, vol, cfg, params=params, brain_mask_source=brain_mask_source)
+        return cls(scan, bundle, vol, cfg, params=params, brain_mask_source=brain_mask_source,
+                   notices=notices)
 
     @property
     def iterations(self) -> int:
@@ -144,9 +161,9 @@ class Job:
             self.continued.append((int(after), tau))
             self.config = EngineConfig(**{**self.config.__dict__, "tau": tau})
         self.cancel.clear()
-        return self._record(run(self.volume.x, self.volume.brain, self.bundle.first,
-                                self.bundle.masked, self.config, resume=resume,
-                                cancel=self.cancel))
+        f1, f = self.nets
+        return self._record(run(self.volume.x, self.volume.brain, f1, f, self.config,
+                                resume=resume, cancel=self.cancel))
 
     def _record(self, states):
         for state in states:
@@ -203,8 +220,9 @@ class Job:
             return np.zeros_like(self.volume.x), self.volume.x.copy()
         if k == last.iteration:
             return last.error, last.recon
-        return reconstruct_at(self.volume.x, self.volume.brain, self.bundle.first,
-                              self.bundle.masked, self.config, self.history, k)
+        f1, f = self.nets
+        return reconstruct_at(self.volume.x, self.volume.brain, f1, f, self.config,
+                              self.history, k)
 
     def error_on_scan(self, state: IterationState | None = None, *,
                       k: int | None = None) -> np.ndarray:
@@ -250,7 +268,8 @@ class Job:
         return self.params.replace(
             continued=tuple(self.continued), run_until=self.iterations, iteration=k,
             source=source, min_size=min_size,
-            threshold=self.bundle.card.threshold if threshold is None else threshold)
+            threshold=(self.params.threshold if self.params.threshold is not None
+                       else self.bundle.card.threshold) if threshold is None else threshold)
 
     def result(self, params: RunParams, error_scan=None) -> np.ndarray:
         """uint8 labels on the scan's grid for ``result_params``' choice: iteration k's error
@@ -263,6 +282,32 @@ class Job:
             err = self.error_on_scan(k=k) if error_scan is None else error_scan
             lab = (err > params.threshold) & self.volume.scan_brain
         return remove_small(lab, params.min_size).astype(np.uint8)
+
+
+def _runnable(params: RunParams, bundle: ModelBundle) -> tuple[RunParams, list[str]]:
+    """``params`` resolved against the card in the precision that will run, and the notices."""
+    used, notice = runnable_precision(params, bundle)
+    return params.replace(precision=used).resolve(bundle.card), [notice] if notice else []
+
+
+def runnable_precision(params: RunParams, bundle: ModelBundle) -> tuple[str, str | None]:
+    """(the precision a run of ``params`` uses, a one-line notice or None).
+
+    A precision the card has no calibration for is refused (``ParamsError``, one line): its τ
+    and threshold would not hold, and a clinician asking for bf16 should learn that the model
+    was not validated in it rather than get another arithmetic silently. bf16 on a device
+    without native bf16 runs fp32, with a notice (a replayed τ and threshold, which the
+    parameters then hold already, are kept)."""
+    card = bundle.card
+    asked = params.precision or "fp32"  # bf16 only when asked for, whatever the card prefers
+    if asked != "fp32":  # refused before any fallback: a property of the model, not the CPU
+        from .errors import ModelError
+
+        try:
+            card.calibration(asked)
+        except ModelError as exc:
+            raise ParamsError(str(exc)) from None
+    return usable_precision(asked, bundle.device)
 
 
 @dataclass
@@ -320,9 +365,10 @@ def provenance(job: Job, params: RunParams, labels: np.ndarray) -> dict:
         "slices_skipped": [int(i) for i in np.nonzero(status == SKIPPED)[0]],
         "slices_capped": [int(i) for i in np.nonzero(status == CAPPED)[0]],
         "forward_passes": int(state.forward_passes) if state is not None else 0,
+        "precision": params.precision or "fp32",
         "lesion_count": n_les,
         "lesion_volume_ml": round(vol_ml, 4),
-        "warnings": list(job.scan.notes),
+        "warnings": [*job.scan.notes, *job.notices],
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ class ModelBundle:
     first: UNet
     masked: UNet
     path: Path | None = None
+    _inference: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -46,7 +47,24 @@ class ModelBundle:
         """Move both networks (channels-last weights, eval mode) to ``device``."""
         for net in (self.first, self.masked):
             net.to(device).to(memory_format=torch.channels_last).eval()
+        self._inference.clear()
         return self
+
+    def nets(self, precision: str = "fp32") -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(f1, f) for inference in ``precision``: BatchNorm folded and pointwise work fused
+        (``core.fuse``), weights in bfloat16 for "bf16". Built from the trained networks and
+        kept until their weights change (in place or replaced). Which τ and threshold hold for
+        a precision is the card's business (``ModelCard.calibration``)."""
+        from ..core.fuse import InferenceNet
+
+        stamp = tuple((t.data_ptr(), t._version) for net in (self.first, self.masked)
+                      for t in net.state_dict(keep_vars=True).values())
+        held = self._inference.get(precision)
+        if held is None or held[0] != stamp:
+            held = (stamp, (InferenceNet(self.first, precision),
+                            InferenceNet(self.masked, precision)))
+            self._inference[precision] = held
+        return held[1]
 
     @property
     def device(self) -> torch.device:

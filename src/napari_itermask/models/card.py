@@ -19,6 +19,7 @@ from pathlib import Path
 from ..core.conditioning import RadiusConditioning
 from ..core.polarity import POLARITIES
 from ..core.first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
+from ..core.precision import DEFAULT_PRECISION, PRECISIONS
 from ..core.residual import ResidualScale
 from ..core.unet_config import PRESETS, UNetConfig
 from ..errors import ModelError, ModelFormatError, UnsafeModelError
@@ -51,10 +52,10 @@ _COUNTS = ("grid_size", "max_iter", "complementary_masks")  # whole numbers >= 1
 _SIZES = ("min_brain_pixels", "context_gap")  # whole numbers >= 0
 CARD_MAX_BYTES = 4 << 20  # a card is a few kB; anything this large is not one
 _TEXTS = ("name", "modality", "preset", "normalisation", "error", "weights_sha256", "first_step",
-          "intended_use", "format", "version")
+          "intended_use", "format", "version", "precision")
 _FLAGS = ("masked_guidance", "trained")
 _DICTS = ("unet", "tau_derivation", "threshold_derivation", "training", "radius_conditioning",
-          "residual_scale")
+          "residual_scale", "calibrations")
 
 
 @dataclass
@@ -93,6 +94,12 @@ class ModelCard:
     tau_derivation: dict = field(default_factory=lambda: {"method": "uncalibrated"})
     threshold: float = 1.0
     threshold_derivation: dict = field(default_factory=lambda: {"method": "uncalibrated"})
+    # τ and threshold calibrated in other precisions than fp32 (the fields above), e.g.
+    # {"bf16": {"tau": ..., "threshold": ..., "tau_derivation": {...}, ...}}; {} = fp32 only
+    calibrations: dict = field(default_factory=dict)
+    # the precision the model was calibrated to be run in by preference (evaluation runs it so);
+    # the CLI and the widget run fp32 unless bf16 is asked for
+    precision: str = DEFAULT_PRECISION
     trained: bool = False
     training: dict = field(default_factory=dict)
     weights_sha256: str = ""
@@ -136,10 +143,32 @@ class ModelCard:
             ResidualScale.from_dict(d.get("residual_scale"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model card: residual_scale is invalid ({exc})") from None
+        _check_calibrations(d)
         sha = d.get("weights_sha256", "")
         if sha and not _SHA256_RE.match(sha):
             raise ModelError("model card: weights_sha256 is not a sha256 (64 hex digits)")
         return cls(**{k: v for k, v in d.items() if k in fields})
+
+    def calibration(self, precision: str | None = None) -> dict:
+        """τ and threshold (with their derivations) calibrated in ``precision`` (None: the
+        card's own ``precision``): {"tau", "threshold", "tau_derivation",
+        "threshold_derivation"}. fp32 is the card's top-level fields; another precision must be
+        in ``calibrations``, else ``ModelError`` — a τ calibrated in one precision does not
+        hold in another."""
+        precision = self.precision if precision is None else precision
+        if precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
+        if precision == "fp32":
+            return {"tau": self.tau, "threshold": self.threshold,
+                    "tau_derivation": self.tau_derivation,
+                    "threshold_derivation": self.threshold_derivation}
+        cal = self.calibrations.get(precision)
+        if not cal:
+            raise ModelError(
+                f"model {self.name!r} has no {precision} calibration (its τ and threshold hold "
+                f"in {', '.join(['fp32', *self.calibrations])} only); run it in fp32, or "
+                f"calibrate it with training.calibrate --precision {precision}")
+        return {"tau_derivation": {}, "threshold_derivation": {}, **cal}
 
     def unet_config(self, in_channels: int) -> UNetConfig:
         try:
@@ -196,6 +225,28 @@ def _check_types(d: dict) -> None:
                 bad(k, what)
 
 
+def _check_calibrations(d: dict) -> None:
+    """``precision`` must be known and calibrated; each entry of ``calibrations`` must hold a
+    finite τ and threshold >= 0."""
+    prec = d.get("precision", DEFAULT_PRECISION)
+    if prec not in PRECISIONS:
+        raise ModelError(f"model card: precision must be one of {', '.join(PRECISIONS)}")
+    cals = d.get("calibrations", {})
+    for key, cal in cals.items():
+        if key not in PRECISIONS or key == "fp32":
+            raise ModelError(f"model card: calibrations holds {key!r}, not one of "
+                             f"{', '.join(p for p in PRECISIONS if p != 'fp32')}")
+        if not isinstance(cal, dict):
+            raise ModelError(f"model card: calibrations[{key!r}] must be a JSON object")
+        for name in ("tau", "threshold"):
+            v = cal.get(name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0:
+                raise ModelError(f"model card: calibrations[{key!r}] needs a finite {name} >= 0")
+    if prec != "fp32" and prec not in cals:
+        raise ModelError(f"model card: precision {prec} has no entry in calibrations")
+
+
 def polarity_note(polarity: str) -> str:
     """What users should be told about a card's ``error_polarity``: nothing for the paper's
     two-sided error, else which deviations alone count."""
@@ -223,6 +274,9 @@ def options_note(card) -> str:
         notes.append(f"first step: {get('first_step', 'f1')}")
     if not get("masked_guidance", True):
         notes.append("masked net without x_f")
+    if get("calibrations", {}):
+        notes.append(f"also calibrated in {', '.join(sorted(get('calibrations', {})))} "
+                     "(--precision)")
     return "; ".join(n for n in notes if n)
 
 

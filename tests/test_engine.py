@@ -424,3 +424,69 @@ def test_a_suspended_run_leaves_the_callers_grad_mode_alone():
     gens[0].close()
     gens[1].close()
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+class RecordingNet(torch.nn.Module):
+    """Wraps a net and records, per call, each slice's masked-input channel (x̂)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, x):
+        self.inputs.append(x[:, 0].clone())
+        return self.net(x)
+
+
+class LesionBlind(torch.nn.Module):
+    """Reconstructs every pixel exactly except those of ``lesion``, 10 too dark there."""
+
+    def __init__(self, x, lesion):
+        super().__init__()
+        self.x, self.lesion = torch.from_numpy(x), torch.from_numpy(lesion)
+
+    def forward(self, inp):
+        return (self.x - 10.0 * self.lesion)[:, None][: len(inp)]
+
+
+def _same_mask_reruns(hist) -> int:
+    """Forwards of a slice on exactly the mask of its previous forward."""
+    count = 0
+    for k in range(3, len(hist)):  # iteration k ran on the masks after k − 1
+        before, now = hist.masks(k - 2), hist.masks(k - 1)
+        for i in np.nonzero(hist.computed(k) & hist.computed(k - 1))[0]:
+            count += bool(np.array_equal(before[i], now[i]))
+    return count
+
+
+def test_no_forward_of_the_loop_could_be_skipped_at_equal_results():
+    """Issue 18 item 3 ("fewer forwards at equal results"): skipping a slice whose mask did not
+    change since its last forward saves nothing in the paper's loop and would change results in
+    the rising-τ mode. (1) Without a τ step a slice runs again only when its mask shrank by at
+    least ``stop_shrink``, so every masked forward sees a new mask. (2) With a τ step a stalled
+    slice runs again on the same mask, but with the next iteration's noise: its reconstruction
+    differs, so reusing the last one would change the method."""
+    from napari_itermask.core.engine import masked_net_input, slice_noise
+
+    b = perturbed_bundle(seed=3)
+    rng = np.random.default_rng(0)
+    brain = square_brain(3, side=24)
+    x = np.where(brain, rng.normal(0, 1, brain.shape), 0).astype(np.float32)
+    cfg = EngineConfig(tau=0.4, max_iter=8, batch_size=1, seed=0, min_brain_pixels=10)
+    _, hist = run_to_end(x, brain, b.first, b.masked, cfg, keep_history=True)
+    assert len(hist) > 4 and _same_mask_reruns(hist) == 0
+    # rising τ: a lesion the nets never reconstruct keeps the mask as it is while τ rises
+    one = x[:1]
+    lesion = np.zeros_like(brain[:1])
+    lesion[0, 12:18, 12:18] = True
+    net = LesionBlind(one, lesion)
+    cfg = EngineConfig(tau=0.4, max_iter=5, batch_size=1, min_brain_pixels=10, tau_step=1.0)
+    _, hist = run_to_end(one, brain[:1], net, net, cfg, keep_history=True)
+    assert np.array_equal(hist.masks(len(hist) - 1), lesion) and _same_mask_reruns(hist) >= 2
+    # ... and the same mask at the next iteration is another input: another reconstruction
+    xt, m = torch.from_numpy(one)[:, None], torch.from_numpy(lesion)[:, None]
+    br = torch.from_numpy(brain[:1])[:, None]
+    with torch.inference_mode():
+        outs = [b.masked(masked_net_input(xt, m, slice_noise(0, 0, t, (G, G))[None, None], br,
+                                          cfg)) for t in (3, 4)]
+    assert not torch.equal(*outs)

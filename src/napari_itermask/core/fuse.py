@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .unet import AttnBlock, ResBlock, UNet
+from .unet import AttnBlock, ResBlock, UNet, resample
 
 __all__ = ["FusedUNet", "InferenceNet", "fuse", "inference_net", "pointwise_available"]
 
@@ -133,17 +133,10 @@ class FusedResBlock(_Buffers):
         self._put("ws", skip.weight.detach() if self.has_skip else None, like)
         self._put("bs", skip.bias.detach() if self.has_skip else None, like)
 
-    def _resample(self, t: torch.Tensor) -> torch.Tensor:
-        if self.resample == "down":
-            return F.avg_pool2d(t, 2)
-        if self.resample == "up":
-            return F.interpolate(t, scale_factor=2.0, mode="nearest")
-        return t
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm1(x), inplace=True)
-        h = self._resample(h)
-        x = self._resample(x)
+        h = resample(h, self.resample)
+        x = resample(x, self.resample)
         h = _conv(h, self.w1, self.b1, 1, silu=True)
         s = _conv(x, self.ws, self.bs, 0) if self.has_skip else x
         return _conv_add(h, s, self.w2, self.b2, 1)

@@ -49,6 +49,15 @@ def _norm(kind: str, ch: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}")
 
 
+def resample(t: torch.Tensor, how: str | None) -> torch.Tensor:
+    """A residual block's resampling: ``"down"`` (2×2 average), ``"up"`` (2× nearest) or none."""
+    if how == "down":
+        return F.avg_pool2d(t, 2)
+    if how == "up":
+        return F.interpolate(t, scale_factor=2.0, mode="nearest")
+    return t
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block; optionally halves or doubles the resolution."""
 
@@ -64,17 +73,10 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
-    def _resample(self, t: torch.Tensor) -> torch.Tensor:
-        if self.resample == "down":
-            return F.avg_pool2d(t, 2)
-        if self.resample == "up":
-            return F.interpolate(t, scale_factor=2.0, mode="nearest")
-        return t
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm1(x))
-        h = self._resample(h)
-        x = self._resample(x)
+        h = resample(h, self.resample)
+        x = resample(x, self.resample)
         h = self.conv1(h)
         h = self.conv2(self.drop(F.silu(self.norm2(h))))
         return self.skip(x) + h

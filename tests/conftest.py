@@ -155,6 +155,19 @@ def phantom(shape=(60, 70, 40), lesion=True, value=100.0, lesion_value=220.0, se
     return img, lab
 
 
+def ball_cases(folder):
+    """A folder of one labelled evaluation case (``ball.nii.gz`` + ``ball_label.nii.gz``): a
+    bright ball that any intensity threshold finds exactly. Returns the folder."""
+    import nibabel as nib
+
+    img, lab = phantom(shape=(40, 48, 30), lesion_value=400.0)
+    aff = np.diag([3.75, 3.75, 3.75, 1.0])
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(img, aff), str(folder / "ball.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, aff), str(folder / "ball_label.nii.gz"))
+    return folder
+
+
 def perturbed_bundle(preset="tiny", seed=0, tau=0.5, threshold=2.0):
     """A random (not zero-output) model: untrained nets output zeros, which tests nothing."""
     from napari_itermask.models import ModelBundle, new_card

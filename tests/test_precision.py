@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from _cli_support import lines, run_cli
-from conftest import perturbed_bundle, phantom
+from conftest import ball_cases, perturbed_bundle
 from napari_itermask.core import precision as prec_mod
 from napari_itermask.core.precision import cpu_flags, usable_precision
 from napari_itermask.errors import ModelError
@@ -185,12 +184,7 @@ def test_calibrate_precision_bf16_records_both_and_evaluate_runs_each(tiny_val, 
     assert again.precision == "fp32" and again.calibrations == {}
     assert again.tau == pytest.approx(card.tau, rel=1e-6)  # the same fp32 calibration
     # evaluate runs --model and each variant in its card's precision, or the one named
-    img, lab = phantom(shape=(40, 48, 30), lesion_value=400.0)
-    aff = np.diag([3.75, 3.75, 3.75, 1.0])
-    data = tmp_path / "cases"
-    data.mkdir()
-    nib.save(nib.Nifti1Image(img, aff), str(data / "ball.nii.gz"))
-    nib.save(nib.Nifti1Image(lab, aff), str(data / "ball_label.nii.gz"))
+    data = ball_cases(tmp_path / "cases")
     res_dir = tmp_path / "res"
     evaluate.main(["--model", str(src), "--val", str(tiny_val), "--modality", "flair",
                    "--data", str(data), "--protocol", "clinical", "--variant", f"b={out}",

@@ -20,7 +20,7 @@ from napari_itermask.core.metrics import (
 )
 from training import prepare, train
 from training.common import SliceSet
-from conftest import phantom
+from conftest import ball_cases, phantom
 
 GRID = ["--grid", "64", "--pixel-size", "3.75", "--min-brain", "50"]
 
@@ -343,12 +343,7 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
         train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", net, "--steps", "2",
                     "--batch", "2", "--out", str(tmp_path / "base"), "--threads", "1"])
     # a hand-made case: a bright ball that any intensity threshold finds exactly
-    img, lab = phantom(shape=(40, 48, 30), lesion_value=400.0)
-    aff = np.diag([3.75, 3.75, 3.75, 1.0])
-    data = tmp_path / "cases"
-    data.mkdir()
-    nib.save(nib.Nifti1Image(img, aff), str(data / "ball.nii.gz"))
-    nib.save(nib.Nifti1Image(lab, aff), str(data / "ball_label.nii.gz"))
+    data = ball_cases(tmp_path / "cases")
     out = tmp_path / "res"
     evaluate.main(["--model", str(model), "--val", str(tiny_data), "--modality", "flair",
                    "--data", str(data), "--baselines", str(tmp_path / "base"),

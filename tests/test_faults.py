@@ -519,12 +519,7 @@ def test_the_widget_retries_out_of_memory_with_a_smaller_batch_and_says_so(
     assert np.array_equal(_lesions(viewer, "oom"), _replayed(sess, plugin_model))
 
 
-@pytest.mark.parametrize("fails_at", [
-    1, 2,
-    pytest.param(3, marks=pytest.mark.xfail(
-        strict=True, reason="review.export writes the lesion table after the labels and "
-                            "sidecar; it should pass it to write_labels(extra=...)")),
-])
+@pytest.mark.parametrize("fails_at", [1, 2, 3])
 def test_a_full_disk_during_the_widgets_export_keeps_the_earlier_export(
         gui, make_napari_viewer, qtbot, plugin_model, case, notes, tmp_path, monkeypatch,
         fails_at):

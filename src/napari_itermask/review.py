@@ -159,7 +159,7 @@ def export(session, path, labels: np.ndarray | None = None, overwrite: bool = Fa
     what the recorded parameters give are marked ``edited_by_user`` (a replay gives the
     unedited result)."""
     from .export import write_labels
-    from .lesion_table import check_table_target, lesion_table, summary, write_table
+    from .lesion_table import check_table_target, lesion_table, summary, to_csv
 
     if session.accepted is not None:
         produced, params = session.accepted.labels, session.accepted.params
@@ -175,8 +175,9 @@ def export(session, path, labels: np.ndarray | None = None, overwrite: bool = Fa
     prov = provenance(session, params, labels, edited)
     scan = session.job.scan
     table = lesion_table(labels, scan.affine, scan.data)
-    prov["lesion_table"] = summary(table, check_table_target(path, overwrite).name)
-    written = write_labels(path, labels.astype(np.uint8), scan.affine, scan.header, prov,
-                           overwrite=overwrite)
-    return [*written, write_table(path, table)]
+    table_file = check_table_target(path, overwrite)
+    prov["lesion_table"] = summary(table, table_file.name)
+    # labels, sidecar and table together: a full disk leaves all three as they were
+    return write_labels(path, labels.astype(np.uint8), scan.affine, scan.header, prov,
+                        overwrite=overwrite, extra={table_file: to_csv(table).encode()})
 

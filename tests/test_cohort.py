@@ -390,6 +390,17 @@ def test_merged_shard_summaries_are_the_serial_runs_summary(tmp_path, capsys, sc
         read_summary(serial / "summary.csv"), serial)
     with pytest.raises(cohort.OutputError, match="exists; pass --overwrite"):
         cohort.merge_shard_summaries(shards, out / "summary.csv")
+    # the command: refuses to replace, then merges with --overwrite to the same summary
+    merged = (out / "summary.csv").read_bytes()
+    code, _, err = run_cli(capsys, "merge-summaries", out / "summary.csv")
+    assert code == 1 and "exists; pass --overwrite" in err
+    code, got, err = run_cli(capsys, "merge-summaries", out / "summary.csv", "--overwrite")
+    assert code == 0, err
+    assert "4 case(s) from 2 shard(s): 3 ok, 0 failed, 1 skipped" in got
+    assert (out / "summary.csv").read_bytes() == merged
+    (out / "summary.shard-1-of-2.csv").unlink()
+    code, _, err = run_cli(capsys, "merge-summaries", out / "summary.csv", "--overwrite")
+    assert code == 1 and "1/2 missing" in err and err.count("\n") == 1
 
 
 def _shard_file(folder, i, n, cases, name="summary"):

@@ -565,3 +565,22 @@ def test_the_widget_deleted_mid_run_stops_its_worker_without_an_error(
     qtbot.waitUntil(lambda: bool(ended), timeout=gui.RUN_TIMEOUT_MS)
     assert sess.stop.is_set() and not sess.finished
     assert not notes["error"], notes["error"]
+
+
+def test_out_of_memory_with_one_slice_per_pass_from_the_command_line(tmp_path, monkeypatch,
+                                                                     capsys, tiny_model_dir):
+    from _cli_support import run_cli
+
+    def forward(self, x, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+
+    for cls in _net_classes():
+        monkeypatch.setattr(cls, "forward", forward)
+    img, _ = phantom(shape=(24, 28, 12))
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "s.nii.gz"))
+    out = tmp_path / "s_lesions.nii.gz"
+    code, _, err = run_cli(capsys, "segment", tmp_path / "s.nii.gz", "-o", out, "--model",
+                           tiny_model_dir, "--batch-size", "2")
+    assert code == 1 and not out.exists()
+    assert "out of memory on cpu even with one slice per pass" in err
+    assert "try --batch-size 4" not in err

@@ -391,6 +391,17 @@ def _run_cohort(args, cases, mine, shard, out: Path, summary: Path) -> int:
     return 0
 
 
+def cmd_merge_summaries(args) -> int:
+    """One summary from the shard summaries of a job array (``segment --shard I/N``)."""
+    from .cohort import find_shard_summaries, merge_shard_summaries
+
+    target = Path(args.summary)
+    counts = merge_shard_summaries(find_shard_summaries(target), target, args.overwrite)
+    print(f"{counts['cases']} case(s) from {counts['shards']} shard(s): {counts['ok']} ok, "
+          f"{counts['failed']} failed, {counts['skipped']} skipped -> {target}")
+    return EXIT_ERROR if counts["failed"] else 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models, options_note
 
@@ -611,6 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "workers must see the same paths")
     s.set_defaults(func=cmd_segment)
 
+    ms = sub.add_parser("merge-summaries",
+                        help="merge the shard summaries of a job array (segment --shard I/N)")
+    ms.add_argument("summary", help="the merged summary to write, e.g. OUT/summary.csv; its "
+                                    "shards OUT/summary.shard-I-of-N.csv are read from beside it")
+    ms.add_argument("--overwrite", action="store_true", help="replace an existing summary")
+    ms.set_defaults(func=cmd_merge_summaries)
+
     m = sub.add_parser("models", help="list bundled and user models with their cards")
     m.add_argument("--json", action="store_true", help="print the cards as JSON")
     m.set_defaults(func=cmd_models)
@@ -664,8 +682,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("itermask: interrupted", file=sys.stderr)
         return 130
-    except MemoryError:
-        print("itermask: error: out of memory (try --batch-size 4)", file=sys.stderr)
+    except MemoryError as exc:
+        from .oom import OutOfMemory  # (imports torch: only on this path)
+
+        if isinstance(exc, OutOfMemory):  # already retried down to one slice per pass
+            print(f"itermask: error: {exc}", file=sys.stderr)
+        else:
+            print("itermask: error: out of memory (try --batch-size 4)", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -20,6 +20,7 @@ from _plugin_support import (  # noqa: E402,F401
     add_case,
     isolated_settings,
     make_tiny_model,
+    make_widget as _widget,
     small_case,
     tiny_model,
 )
@@ -36,18 +37,6 @@ def notes(monkeypatch):
     for kind in seen:
         monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
     return seen
-
-
-def _widget(viewer, model, qtbot=None):
-    from napari_itermask._plugin import IterMaskWidget
-
-    w = IterMaskWidget(viewer)
-    assert w.set_model(str(model))
-    w.inputs.device.value = "cpu"
-    w.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
-    if qtbot is not None:
-        qtbot.addWidget(w)
-    return w
 
 
 def _wait_idle(qtbot, w, timeout=RUN_TIMEOUT):

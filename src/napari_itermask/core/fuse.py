@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .unet import AttnBlock, ResBlock, UNet, resample
+from .unet import AttnBlock, ResBlock, UNet, resample, trunk
 
 __all__ = ["FusedUNet", "InferenceNet", "fuse", "inference_net", "pointwise_available"]
 
@@ -214,14 +214,7 @@ class FusedUNet(_Buffers):
             raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of "
                              f"{self.multiple}")
         x = x.to(self.w_in.dtype).contiguous(memory_format=torch.channels_last)
-        h = _conv(x, self.w_in, self.b_in, 1)
-        hs = [h]
-        for block in self.down:
-            h = block(h)
-            hs.append(h)
-        h = self.mid(h)
-        for block in self.up:
-            h = block(torch.cat([h, hs.pop()], dim=1))
+        h = trunk(_conv(x, self.w_in, self.b_in, 1), self.down, self.mid, self.up)
         h = F.silu(self.out_norm(h), inplace=True)
         return _conv(h, self.w_out, self.b_out, 1).contiguous()
 

@@ -58,6 +58,20 @@ def resample(t: torch.Tensor, how: str | None) -> torch.Tensor:
     return t
 
 
+def trunk(h: torch.Tensor, down, mid, up) -> torch.Tensor:
+    """The UNet's body from the first features ``h``: the ``down`` blocks (each output kept as a
+    skip), ``mid``, then the ``up`` blocks, each on the previous output concatenated with the
+    skip of its level (the trained UNet and its fused inference copy share it)."""
+    skips = [h]
+    for block in down:
+        h = block(h)
+        skips.append(h)
+    h = mid(h)
+    for block in up:
+        h = block(torch.cat([h, skips.pop()], dim=1))
+    return h
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block; optionally halves or doubles the resolution."""
 
@@ -152,12 +166,6 @@ class UNet(nn.Module):
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of {self.multiple}")
         # channels-last activations: oneDNN's convolutions run ~1.4x faster on CPUs this way
-        h = self.inp(x.contiguous(memory_format=torch.channels_last))
-        hs = [h]
-        for block in self.down:
-            h = block(h)
-            hs.append(h)
-        h = self.mid(h)
-        for block in self.up:
-            h = block(torch.cat([h, hs.pop()], dim=1))
+        h = trunk(self.inp(x.contiguous(memory_format=torch.channels_last)), self.down,
+                  self.mid, self.up)
         return self.out(F.silu(self.out_norm(h))).contiguous()

@@ -276,17 +276,27 @@ def test_out_of_memory_in_a_cohort_is_reported_with_the_case(tmp_path, monkeypat
                for n in res.notes)
 
 
-def test_out_of_memory_with_one_slice_per_pass_is_one_line(tmp_path, monkeypatch,
-                                                          tiny_model_dir):
-    from napari_itermask import cohort
-
+def _oom_always(monkeypatch):
+    """Every forward of every network raises the device's out-of-memory error."""
     def forward(self, x, *a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
 
     for cls in _net_classes():
         monkeypatch.setattr(cls, "forward", forward)
+
+
+def _small_scan(path):
     img, _ = phantom(shape=(24, 28, 12))
-    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "s.nii.gz"))
+    nib.save(nib.Nifti1Image(img, np.eye(4)), str(path))
+    return path
+
+
+def test_out_of_memory_with_one_slice_per_pass_is_one_line(tmp_path, monkeypatch,
+                                                          tiny_model_dir):
+    from napari_itermask import cohort
+
+    _oom_always(monkeypatch)
+    _small_scan(tmp_path / "s.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
     res = cohort.segment_case(cohort.Case("s", str(tmp_path / "s.nii.gz")),
@@ -571,13 +581,8 @@ def test_out_of_memory_with_one_slice_per_pass_from_the_command_line(tmp_path, m
                                                                      capsys, tiny_model_dir):
     from _cli_support import run_cli
 
-    def forward(self, x, *a, **k):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
-
-    for cls in _net_classes():
-        monkeypatch.setattr(cls, "forward", forward)
-    img, _ = phantom(shape=(24, 28, 12))
-    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "s.nii.gz"))
+    _oom_always(monkeypatch)
+    _small_scan(tmp_path / "s.nii.gz")
     out = tmp_path / "s_lesions.nii.gz"
     code, _, err = run_cli(capsys, "segment", tmp_path / "s.nii.gz", "-o", out, "--model",
                            tiny_model_dir, "--batch-size", "2")

@@ -468,6 +468,21 @@ def test_the_widget_stopped_at_any_iteration_goes_on_to_the_uninterrupted_result
     assert np.array_equal(_lesions(viewer, "cut"), _replayed(sess, plugin_model))
 
 
+def _run_then(gui, qtbot, w, act, notes) -> None:
+    """Start a run, let two iterations land, call ``act`` (close the viewer, delete the
+    widget), then wait for the worker: it must have been stopped (not run to the end), with
+    no error reported."""
+    assert w.run()
+    sess, worker = w._current_session(), w._worker
+    ended = []
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: len(sess.steps) >= 2, timeout=gui.RUN_TIMEOUT_MS)
+    act()
+    qtbot.waitUntil(lambda: bool(ended), timeout=gui.RUN_TIMEOUT_MS)
+    assert sess.stop.is_set() and not sess.finished  # it stopped, not ran to the end
+    assert not notes["error"], notes["error"]
+
+
 def test_closing_the_viewer_mid_run_stops_the_worker_and_writes_nothing(
         gui, make_napari_viewer, qtbot, plugin_model, case, notes, tmp_path, isolated_home):
     viewer = make_napari_viewer()
@@ -475,15 +490,7 @@ def test_closing_the_viewer_mid_run_stops_the_worker_and_writes_nothing(
     w = gui.make_widget(viewer, plugin_model, qtbot)
     config = isolated_home.itermask_config
     before = {p: p.read_bytes() for p in config.rglob("*") if p.is_file()}
-    assert w.run()
-    sess, worker = w._current_session(), w._worker
-    ended = []
-    worker.finished.connect(lambda: ended.append(True))
-    qtbot.waitUntil(lambda: len(sess.steps) >= 2, timeout=gui.RUN_TIMEOUT_MS)
-    viewer.close()
-    qtbot.waitUntil(lambda: bool(ended), timeout=gui.RUN_TIMEOUT_MS)
-    assert sess.stop.is_set() and not sess.finished  # it stopped, not ran to the end
-    assert not notes["error"], notes["error"]
+    _run_then(gui, qtbot, w, viewer.close, notes)
     after = {p: p.read_bytes() for p in config.rglob("*") if p.is_file()}
     assert after == before  # nothing written, nothing half-written
     assert not [p for p in config.rglob(".itermask-*")]
@@ -566,15 +573,7 @@ def test_the_widget_deleted_mid_run_stops_its_worker_without_an_error(
     viewer = make_napari_viewer()
     gui.add_case(viewer, case)
     w = gui.make_widget(viewer, plugin_model)  # not handed to qtbot: it is deleted here
-    assert w.run()
-    sess, worker = w._current_session(), w._worker
-    ended = []
-    worker.finished.connect(lambda: ended.append(True))
-    qtbot.waitUntil(lambda: len(sess.steps) >= 2, timeout=gui.RUN_TIMEOUT_MS)
-    w.deleteLater()
-    qtbot.waitUntil(lambda: bool(ended), timeout=gui.RUN_TIMEOUT_MS)
-    assert sess.stop.is_set() and not sess.finished
-    assert not notes["error"], notes["error"]
+    _run_then(gui, qtbot, w, w.deleteLater, notes)
 
 
 def test_out_of_memory_with_one_slice_per_pass_from_the_command_line(tmp_path, monkeypatch,

@@ -10,6 +10,11 @@ What this panel says about the choice, beside it: the model's contrast and calib
 the one untrained-model warning (``models.untrained_warning``), a warning when the image's
 contrast (its layer metadata ``modality``, else its file name, as ``itermask segment`` reads
 it) differs from the model's, and whether the run is on the CPU.
+
+**Open DICOM…** beside the image: a series folder or a ``.zip`` of one, read by the plugin's
+own DICOM reader (``_reader.read_dicom``: the same checks and placement as File ▸ Open, and the
+series dialog when the folder holds several); the new Image layer(s) join the viewer and the
+first becomes the image. What cannot be read gives one error notification, no layer.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, FloatSpinBox, SpinBox
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QPushButton, QWidget
+from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QMenu, QPushButton, QWidget
 
 from .common import hint, notify, signals_blocked, unwrap
 
@@ -96,6 +101,14 @@ class InputsPanel(QWidget):
         self.browse_btn = QPushButton("Folder…")
         self.browse_btn.setToolTip("Use a model folder (card.json + weights.safetensors)")
         self.browse_btn.clicked.connect(self._browse_model)
+        self.dicom_btn = QPushButton("Open DICOM…")
+        self.dicom_btn.setToolTip("Open a DICOM series (a folder, or a .zip of one) as the image")
+        dicom_menu = QMenu(self.dicom_btn)
+        self.dicom_folder_action = dicom_menu.addAction("Series folder…")
+        self.dicom_folder_action.triggered.connect(lambda *_: self._browse_dicom(archive=False))
+        self.dicom_zip_action = dicom_menu.addAction("Zip archive…")
+        self.dicom_zip_action.triggered.connect(lambda *_: self._browse_dicom(archive=True))
+        self.dicom_btn.setMenu(dicom_menu)
 
         self.max_iter = SpinBox(min=0, max=500, tooltip="Iteration cap per slice (0 = the "
                                                         "model card's)")
@@ -116,7 +129,10 @@ class InputsPanel(QWidget):
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Image", self.image.native)
+        image_row = QHBoxLayout()
+        image_row.addWidget(self.image.native, 1)
+        image_row.addWidget(self.dicom_btn)
+        form.addRow("Image", image_row)
         model_row = QHBoxLayout()
         model_row.addWidget(self.model.native, 1)
         model_row.addWidget(self.browse_btn)
@@ -199,6 +215,43 @@ class InputsPanel(QWidget):
 
     def select_image(self, name: str) -> None:
         self.image.value = next(lyr for text, lyr in self._image_choices() if text == name)
+
+    # -- DICOM in -----------------------------------------------------------------------------
+    def _browse_dicom(self, archive: bool) -> None:
+        if archive:
+            path, _ = QFileDialog.getOpenFileName(self, "DICOM series as a zip", "",
+                                                  "Zip archives (*.zip *.ZIP);;All files (*)")
+        else:
+            path = QFileDialog.getExistingDirectory(self, "DICOM series folder")
+        if path:
+            self.open_dicom(path)
+
+    def open_dicom(self, path) -> list:
+        """Open a DICOM folder or zip with the plugin's reader, add its Image layer(s) to the
+        viewer and choose the first as the image. Returns the new layers (empty when nothing
+        was opened: the reader or this method has said why, in one notification)."""
+        from .._reader import read_dicom
+
+        path = Path(path)
+        try:
+            found = read_dicom(str(path))  # notifies itself about what it cannot read
+        except Exception as exc:  # noqa: BLE001 - a button must not crash the widget
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            notify("error", f"cannot open {path.name} as DICOM: {first}")
+            return []
+        added = []
+        for item in found:
+            if len(item) != 3:  # the reader's "nothing to show" (an error it reported, or a
+                continue        # cancelled series choice)
+            data, kwargs, kind = item
+            added.append(unwrap(getattr(self._viewer, f"add_{kind}")(data, **kwargs)))
+        if added:
+            self.reset_choices()
+            images = [lyr for _, lyr in self._image_choices()]
+            first = next((lyr for lyr in added if any(lyr is i for i in images)), None)
+            if first is not None:
+                self.image.value = first
+        return added
 
     def _pick_truth(self) -> None:
         """With none chosen, take the image's own ground truth (a sample's) if there is one."""
@@ -373,6 +426,7 @@ class InputsPanel(QWidget):
         self.seed.value = defaults["seed"]
 
     def set_enabled(self, enabled: bool) -> None:
-        for w in (self.image.native, self.model.native, self.browse_btn, self.device.native,
+        for w in (self.image.native, self.dicom_btn, self.model.native, self.browse_btn,
+                  self.device.native,
                   self.brain.native, self.truth.native, self.advanced):
             w.setEnabled(enabled)

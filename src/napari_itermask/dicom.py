@@ -21,7 +21,7 @@ Geometry (DICOM PS3.3 C.7.6.2, patient coordinates LPS, millimetres):
 
 Intensities are the stored values through ``RescaleSlope``/``RescaleIntercept`` (per image).
 Compressed pixel data is decoded by pydicom's plugins as installed: RLE Lossless always (pydicom
-itself), JPEG baseline/extended and JPEG 2000 with Pillow (a dependency of napari); JPEG
+itself), JPEG baseline/extended and JPEG 2000 with Pillow (declared: 8-bit only for JPEG); JPEG
 Lossless, JPEG-LS and HTJ2K need optional packages, and a series in such a syntax is refused in
 one line that names the syntax and what would decode it (``undecodable_reason``).
 Refused, each with one line (``DicomError``): an empty folder, no DICOM images, several series

@@ -12,9 +12,11 @@ one's and re-thresholds nothing. What is shown, accepted and exported is ``revie
 
 Threads. Model loading, scan preparation, iterations and moving what is shown to the scan's grid
 run in napari generator workers (``runner``); the GUI thread only swaps layer data. The
-threshold re-thresholds the cached error map (numpy, no model call); choosing another iteration
-asks a short worker for its maps. The per-lesion table follows a moment later (debounced), so
-dragging the threshold stays smooth.
+threshold, minimum size and source re-threshold the cached error map here, at once (numpy, no
+model call: ``runner.compute_lesions``); choosing another iteration shows its mask from a short
+worker, then its maps, then its lesions (computed in another worker, as are each run frame's).
+The per-lesion table follows a moment later (debounced), so dragging the threshold stays
+smooth.
 
 Safety. A run belongs to its session's source layer; one run at a time; labels the user owns are
 never replaced without ``self.confirm(title, text)`` returning True (tests replace it); errors
@@ -23,12 +25,10 @@ are notifications, never tracebacks.
 
 from __future__ import annotations
 
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QMessageBox, QScrollArea, QVBoxLayout, QWidget
 
 from .. import review
-from .._layers import from_layer_shape
 from .._session import Session
 from .._settings import DEFAULTS, load_settings, save_settings
 from . import actions
@@ -37,7 +37,14 @@ from .inputs import InputsPanel
 from .presenter import LayerPresenter
 from .review_panel import ReviewPanel
 from .run_controls import RunControls
-from .runner import FINISHED_TEXT, Runner
+from .runner import (
+    FINISHED_TEXT,
+    Runner,
+    compute_lesions,
+    dice_text,
+    ground_truth,
+    lesion_request,
+)
 
 __all__ = ["FINISHED_TEXT", "TITLE", "IterMaskWidget"]
 
@@ -192,8 +199,9 @@ class IterMaskWidget(QWidget):
 
     @property
     def _mask_worker(self):
-        """The worker fetching a chosen iteration's maps, else None."""
-        return self.runner.mask_worker
+        """A review worker still at work (a chosen iteration's mask and maps, or a result's
+        lesions), else None."""
+        return self.runner.mask_worker or self.runner.lesion_worker
 
     def reset(self) -> None:
         """Forget the current image's run and remove its preview layers (never accepted ones)."""
@@ -263,9 +271,11 @@ class IterMaskWidget(QWidget):
         if self._edit_review(iteration=None if k == last else int(k)) is None:
             return
         self.review_panel.show_iteration(sess, k)
-        if k == 0 or review.cache_key(sess.job, k) in sess.errors:
+        cached = k == 0 or review.cache_key(sess.job, k) in sess.errors
+        if cached:
             self._update_lesions(sess)  # no network pass needed: the result at once
-        self.runner.request_step(sess, k)
+        # the mask at once from a worker, then the maps (and, unless shown, the lesions)
+        self.runner.request_step(sess, k, lesions=not cached)
 
     def _on_threshold(self, value: float) -> None:
         sess = self._edit_review(threshold=float(value))
@@ -285,44 +295,36 @@ class IterMaskWidget(QWidget):
             self._refresh_review()
             self._update_lesions(sess)
 
-    def _result(self, sess: Session):
-        """(labels on the scan's grid, summary line, True) of the session's review, or (an
-        empty map, the reason, False) when the choice makes no result (e.g. the error of
-        iteration 0)."""
-        from ..core.segmentation import lesion_stats
-        from ..errors import ItermaskError
-
-        try:
-            labels, _ = review.lesions(sess)
-        except ItermaskError as exc:
-            return np.zeros(sess.job.scan.data.shape, np.uint8), f"Lesions: – ({exc})", False
-        n, ml = lesion_stats(labels, sess.job.scan.voxel_volume_mm3)
-        return labels, f"Lesions: {n} · {ml:.2f} mL", True
-
     def _update_lesions(self, sess: Session) -> None:
-        """Show the session's current result (its own review state) with count and volume."""
+        """Show the session's current result (its own review state) with count, volume and
+        Dice, computed here and now when it re-thresholds a cached map (the threshold,
+        minimum size and source controls: milliseconds), else by a worker (an error map not yet
+        computed costs a network pass). A run's frames and a chosen iteration's maps ask
+        ``runner.request_lesions`` directly: the same computation off this thread."""
         if sess.job is None or sess.review is None or not sess.steps:
             return
-        labels, sess.summary, made = self._result(sess)
+        req = lesion_request(sess, self.inputs.truth_layer)
+        if req.needs_network_pass:
+            self.runner.request_lesions(sess)
+            return
+        self._show_result(sess, compute_lesions(req))
+
+    def _show_result(self, sess: Session, result) -> None:
+        """Put a ``runner.LesionResult`` on screen: the lesion layer, the summary, Dice."""
+        sess.summary = result.summary
         # no result (e.g. the error of iteration 0): an empty map on screen, no table, no Dice
-        self._shown[id(sess.source)] = (sess, labels if made else None)
-        self.presenter.show_lesions(sess, labels, self.confirm)
+        self._shown[id(sess.source)] = (sess, result.labels if result.made else None)
+        self.presenter.show_lesions(sess, result.labels, self.confirm)
         if self._current_session() is sess:
-            dice = self._dice_text(sess, labels) if made else None
+            dice = None
+            if result.made:  # the ground truth changed since it was asked: the chosen one's
+                dice = (result.dice if result.request.truth_layer is self.inputs.truth_layer
+                        else self._dice_text(sess, result.labels))
             self.review_panel.show_result(sess.summary, dice)
             self._schedule_table()
 
     def _dice_text(self, sess: Session, labels) -> str | None:
-        from ..core.metrics import dice
-
-        truth = self.inputs.truth_layer
-        if truth is None:
-            return None
-        try:
-            gt = from_layer_shape(np.asarray(truth.data), sess.source).reshape(labels.shape)
-        except ValueError:
-            return f"Dice: '{truth.name}' does not fit this image"
-        return f"Dice vs '{truth.name}': {dice(labels > 0, gt > 0):.3f}"
+        return dice_text(labels, *ground_truth(self.inputs.truth_layer, sess))
 
     def _schedule_table(self, *_):
         self._table_timer.start()
@@ -356,7 +358,7 @@ class IterMaskWidget(QWidget):
         if sess.steps:
             last = len(sess.steps) - 1
             self.review_panel.show_iteration(sess, last)
-            self.runner.request_step(sess, last)
+            self.runner.request_step(sess, last, lesions=False)
             self._update_lesions(sess)
 
     # -- accept / export (actions) ---------------------------------------------------------

@@ -121,8 +121,13 @@ class LayerPresenter:
 
     def show_step(self, sess, k: int, mask, error, recon) -> None:
         """Show history entry k's mask, error map and reconstruction (scan grid)."""
-        sess.shown_step = k
         self.show_mask(sess, mask)
+        self.show_maps(sess, k, error, recon)
+
+    def show_maps(self, sess, k: int, error, recon) -> None:
+        """Show history entry k's error map and reconstruction (scan grid; None: leave that
+        layer as it is); ``sess.shown_step`` says whose maps are on screen."""
+        sess.shown_step = k
         if recon is not None:
             self.show(sess, "reconstruction", recon, "image", colormap="gray",
                       visible=False, contrast_limits=(-3.0, 3.5))

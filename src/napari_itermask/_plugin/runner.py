@@ -1,12 +1,14 @@
-"""The widget's workers: a run (Run, Step, Continue, Stop), its reports, an iteration's maps.
+"""The widget's workers: a run (Run, Step, Continue, Stop), a chosen iteration's maps, lesions.
 
 A run's worker iterates and reports frames, notes, failures and its end; a short worker fetches
-the maps of the iteration chosen in the review.
+the mask and then the maps of the iteration chosen in the review; another computes the lesions
+of a frame or of a chosen iteration.
 
 ``Runner`` belongs to one ``IterMaskWidget`` (its *host*) and uses only what the host composes:
 the panels (``inputs``, ``run_controls``, ``review_panel``), the ``presenter``, the sessions by
-source layer (``_sessions``, ``_current_session()``) and three hooks that bring the panels in
-line (``_refresh_review()``, ``_update_lesions(session)``, ``_update_buttons()``).
+source layer (``_sessions``, ``_current_session()``) and four hooks that bring the panels in
+line (``_refresh_review()``, ``_update_lesions(session)``, ``_show_result(session, result)``,
+``_update_buttons()``).
 
 Out of memory. A run's networks retry a batch that runs out of memory in halves
 (``oom.split_on_oom``, the same result); each retry is shown as a warning notification.
@@ -14,15 +16,30 @@ Out of memory. A run's networks retry a batch that runs out of memory in halves
 Threads. Model loading, scan preparation, iterations and moving what is shown to the scan's grid
 run in napari generator workers (``_session.advance``); the GUI thread only swaps layer data.
 One run at a time, in the session of the image it started on: reports of a session that was
-reset, or whose image was removed, are dropped. Requests for an iteration's maps coalesce: while
-one is computed only the latest waits.
+reset, or whose image was removed, are dropped.
+
+Review workers. A chosen iteration is shown in two stages by one generator worker: its mask
+first (cheap: no network pass), then its error map and reconstruction (a network pass for an
+earlier iteration); requests coalesce (while one is computed only the latest waits), and a
+request the user has already moved past skips its network pass. A frame's (or a chosen
+iteration's) lesions, count, volume and Dice are computed by a second short worker
+(``compute_lesions``), coalesced the same way. Whatever a review worker brings back is shown
+only if its session is still alive and its review still asks for it (``lesion_state``); a
+result the user moved past never overwrites a newer choice. The threshold, minimum size and
+source re-threshold a cached map on the GUI thread with the same ``compute_lesions`` (the
+controller's ``_update_lesions``), shown at once: tens of milliseconds on a clinical scan
+(docs/performance.md), which a worker's hand-over would only add to. A run counts as running
+until its last frame's lesions are shown.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from functools import partial
+
+import numpy as np
 
 from .. import review
 from .._layers import from_layer_shape, layer_ras_affine, layer_scan_array
@@ -32,7 +49,8 @@ from ..params import RunParams
 from .common import notify
 from .run_controls import progress_fraction
 
-__all__ = ["FINISHED_TEXT", "Runner"]
+__all__ = ["FINISHED_TEXT", "Runner", "LesionRequest", "LesionResult", "lesion_state",
+           "lesion_request", "compute_lesions", "ground_truth", "dice_text"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +114,123 @@ def _unshown_frames(sess: Session, shown: int) -> list:
     return out
 
 
+# -- a result's lesions, on any thread ------------------------------------------------------------
+def shown_choice(sess: Session) -> int:
+    """The history entry the review shows: the chosen one, else the last one on the slider
+    (``sess.steps``, what the GUI has taken, which a run's worker may be one iteration ahead
+    of)."""
+    last = len(sess.steps) - 1
+    k = sess.review.iteration
+    return last if k is None else min(int(k), last)
+
+
+def lesion_state(sess: Session) -> tuple:
+    """What the shown result depends on in the session's review: (iteration, source, threshold,
+    minimum size). A review worker's result made for another state is stale."""
+    rv = sess.review
+    return shown_choice(sess), rv.source, float(rv.threshold), int(rv.min_size)
+
+
+def ground_truth(layer, sess: Session) -> tuple:
+    """(the ground-truth layer's name, its labels on the scan's grid, or None where it does
+    not fit this image); (None, None) without one. A transpose, no copy (GUI thread)."""
+    if layer is None:
+        return None, None
+    try:
+        gt = from_layer_shape(np.asarray(layer.data), sess.source).reshape(
+            sess.job.scan.data.shape)
+    except ValueError:
+        return layer.name, None
+    return layer.name, gt
+
+
+def dice_text(labels, name: str | None, gt) -> str | None:
+    """The panel's Dice line for labels against a ground truth (``ground_truth``)."""
+    from ..core.metrics import dice
+
+    if name is None:
+        return None
+    if gt is None:
+        return f"Dice: '{name}' does not fit this image"
+    return f"Dice vs '{name}': {dice(labels > 0, gt > 0):.3f}"
+
+
+@dataclass(eq=False)
+class LesionRequest:
+    """Everything a result needs, read on the GUI thread (``lesion_request``)."""
+
+    sess: Session
+    state: tuple  # ``lesion_state`` when asked
+    params: object  # RunParams of the result, None when the choice makes none
+    reason: str | None  # why there is none (e.g. the error of iteration 0)
+    error: np.ndarray | None  # the error map to threshold (scan grid), None: not at hand
+    truth_layer: object  # the ground-truth layer chosen when asked (None: no Dice)
+    truth: tuple  # ``ground_truth(truth_layer, sess)``
+
+    @property
+    def needs_network_pass(self) -> bool:
+        """Whether the result thresholds an error map not yet computed (a worker's job)."""
+        return self.params is not None and self.params.source == "error" and self.error is None
+
+
+@dataclass(eq=False)
+class LesionResult:
+    """A result ready to show: labels (scan grid, uint8), "Lesions: n · v mL", whether the
+    choice made a result, its Dice line."""
+
+    request: LesionRequest
+    labels: np.ndarray
+    summary: str
+    made: bool
+    dice: str | None
+
+
+def lesion_request(sess: Session, truth_layer=None, k: int | None = None,
+                   error: np.ndarray | None = None) -> LesionRequest:
+    """The request for the session's current result (GUI thread, no maths): of the iteration
+    the slider shows (``k``: a frame's own), thresholding ``error`` (that iteration's map on the
+    scan's grid) or else the session's cached map of it; ``needs_network_pass`` says when
+    there is none."""
+    from ..errors import ItermaskError
+
+    k = shown_choice(sess) if k is None else int(k)
+    params, reason = None, None
+    try:
+        params = review.result_params(sess)
+        if params.iteration != k:
+            params = params.replace(iteration=k)
+    except ItermaskError as exc:
+        params, reason = None, str(exc)
+    if error is None and params is not None and params.source == "error":
+        if k == len(sess.steps) - 1 and k > 0:  # the latest frame's (a run may be one ahead)
+            error = sess.error_scan
+        if error is None:
+            with sess.lock:
+                error = sess.errors.get(review.cache_key(sess.job, k))
+    return LesionRequest(sess, lesion_state(sess), params, reason, error, truth_layer,
+                         ground_truth(truth_layer, sess))
+
+
+def compute_lesions(req: LesionRequest) -> LesionResult:
+    """The result of a request: ``Job.result`` (what Accept, Export and the command line give),
+    lesion count and volume, Dice. Runs on any thread; a request that ``needs_network_pass``
+    computes its error map (``review.error_map``: one network pass per slice)."""
+    from ..core.segmentation import lesion_stats
+
+    sess, params = req.sess, req.params
+    job = sess.job
+    if params is None:  # no result (e.g. the error of iteration 0): an empty map, no Dice
+        return LesionResult(req, np.zeros(job.scan.data.shape, np.uint8),
+                            f"Lesions: – ({req.reason})", False, None)
+    error = req.error
+    if error is None and params.source == "error":
+        error = review.error_map(sess, params.iteration)
+    labels = job.result(params, error_scan=error)
+    n, ml = lesion_stats(labels, job.scan.voxel_volume_mm3)
+    return LesionResult(req, labels, f"Lesions: {n} · {ml:.2f} mL", True,
+                        dice_text(labels, *req.truth))
+
+
 class Runner:
     """Starts, stops and listens to the host widget's workers."""
 
@@ -103,8 +238,11 @@ class Runner:
         self.host = host
         self.worker = None  # the run's worker, while one runs
         self.busy: Session | None = None  # the session it runs in
-        self.mask_worker = None  # the worker fetching an iteration's maps
-        self.mask_pending: tuple | None = None  # (session, k) asked for meanwhile
+        self.mask_worker = None  # the worker fetching an iteration's mask, then its maps
+        self.mask_pending: tuple | None = None  # (session, k, lesions) asked for meanwhile
+        self.lesion_worker = None  # the worker computing a result's lesions
+        self.lesion_pending: LesionRequest | None = None  # the latest asked for meanwhile
+        self._ending = None  # a run's worker that ended while its last lesions were computed
         self.bundles: dict = {}
         self.start_iteration = 0
         self.cancelled = threading.Event()  # Stop pressed during the current run
@@ -291,6 +429,9 @@ class Runner:
 
     def _on_worker_finished(self, worker) -> None:
         if self.worker is worker:
+            if self.lesion_worker is not None:  # the run ends when its last result is shown
+                self._ending = worker
+                return
             self.worker, self.busy = None, None
         if not self._host_gone():
             self.host._update_buttons()
@@ -328,44 +469,112 @@ class Runner:
                                          f"{frame.info.volume_ml:.1f} mL")
         if host._current_session() is sess:
             host._refresh_review()
-        if following and sess.error_scan is not None:
-            host._update_lesions(sess)
+        if following and sess.error_scan is not None:  # its lesions follow, off this thread
+            self.request_lesions(sess, k=frame.step, error=frame.error)
 
-    # -- a chosen iteration's maps ------------------------------------------------------------
-    def request_step(self, sess: Session, k: int) -> None:
-        """Get history entry k's mask, error map and reconstruction on the scan's grid in a
-        worker (an earlier iteration's maps cost a network pass), coalescing requests."""
+    # -- a chosen iteration: its mask, then its maps ------------------------------------------
+    def request_step(self, sess: Session, k: int, lesions: bool = True) -> None:
+        """Show history entry k on the scan's grid in two stages from one worker: its mask as
+        soon as it is on the scan's grid, then its error map and reconstruction (an earlier
+        iteration's cost a network pass), then (``lesions``) its result from
+        ``request_lesions``. Requests coalesce: while one is computed only the latest waits,
+        and one the user has moved past skips its network pass."""
         from napari.qt.threading import create_worker
 
         if self.mask_worker is not None:
-            self.mask_pending = (sess, k)
+            self.mask_pending = (sess, k, lesions)
             return
 
         def compute():
+            job = sess.job
+            yield k, (job.volume.scan_brain if k == 0 else job.mask_on_scan(k))
             if k == 0:
-                return k, sess.job.volume.scan_brain, None, None
-            error, recon = review.maps_at(sess, k)
-            return k, sess.job.mask_on_scan(k), error, recon
+                return k, None, None  # the start: no maps
+            if self.mask_pending is not None:
+                return None  # the user moved on: no network pass for this one
+            return (k, *review.maps_at(sess, k))
 
         worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(partial(self._on_step_ready, sess))
+        worker.yielded.connect(partial(self._on_mask_ready, sess, lesions))
+        worker.returned.connect(partial(self._on_step_ready, sess, lesions))
         worker.errored.connect(lambda exc: notify("error", str(exc)))
         worker.finished.connect(self._on_mask_worker_done)
         self.mask_worker = worker
         worker.start()
 
-    def _on_step_ready(self, sess: Session, result) -> None:
-        k, mask, error, recon = result
-        if self._host_gone():
+    def _still_chosen(self, sess: Session, k: int) -> bool:
+        """Whether iteration k of the session is still what the review shows and nothing newer
+        waits (else a result for k is stale and dropped)."""
+        return (not self._host_gone() and self.mask_pending is None and self.alive(sess)
+                and sess.review is not None and shown_choice(sess) == k)
+
+    def _on_mask_ready(self, sess: Session, lesions: bool, item) -> None:
+        k, mask = item
+        if not self._still_chosen(sess, k):
             return
-        if self.alive(sess) and self.mask_pending is None:
-            self.host.presenter.show_step(sess, k, mask, error, recon)
-            self.host._update_lesions(sess)
+        self.host.presenter.show_mask(sess, mask)
+        if lesions and k != 0 and sess.review.source == "mask":
+            self.request_lesions(sess, k=k)  # the mask is the result: no maps needed
+
+    def _on_step_ready(self, sess: Session, lesions: bool, result) -> None:
+        if result is None:
+            return
+        k, error, recon = result
+        if not self._still_chosen(sess, k):
+            return
+        self.host.presenter.show_maps(sess, k, error, recon)
+        if lesions and (k == 0 or sess.review.source == "error"):
+            self.request_lesions(sess, k=k, error=error)
 
     def _on_mask_worker_done(self) -> None:
         self.mask_worker = None
         if self.mask_pending is not None:
-            sess, k = self.mask_pending
+            sess, k, lesions = self.mask_pending
             self.mask_pending = None
             if self.alive(sess):
-                self.request_step(sess, k)
+                self.request_step(sess, k, lesions)
+
+    # -- a result's lesions -------------------------------------------------------------------
+    def request_lesions(self, sess: Session, k: int | None = None,
+                        error: np.ndarray | None = None) -> None:
+        """Compute the session's current result (``compute_lesions``) in a worker and show it
+        (the host's ``_show_result``) if it is still what the review asks for; while one is
+        computed only the latest request waits."""
+        if sess.job is None or sess.review is None or not sess.steps:
+            return
+        req = lesion_request(sess, self.host.inputs.truth_layer, k=k, error=error)
+        if self.lesion_worker is not None:
+            self.lesion_pending = req
+            return
+        self._start_lesions(req)
+
+    def _start_lesions(self, req: LesionRequest) -> None:
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(compute_lesions, req, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_lesions_ready)
+        worker.errored.connect(lambda exc: notify("error", f"could not compute the lesions "
+                                                           f"({exc})"))
+        worker.finished.connect(partial(self._on_lesion_worker_done, worker))
+        self.lesion_worker = worker
+        worker.start()
+
+    def _fresh(self, req: LesionRequest) -> bool:
+        """Whether a request still fits its session: alive, and its review unchanged."""
+        sess = req.sess
+        return (not self._host_gone() and self.alive(sess) and sess.review is not None
+                and bool(sess.steps) and lesion_state(sess) == req.state)
+
+    def _on_lesions_ready(self, result: LesionResult) -> None:
+        if self._fresh(result.request):
+            self.host._show_result(result.request.sess, result)
+
+    def _on_lesion_worker_done(self, worker) -> None:
+        if self.lesion_worker is worker:
+            self.lesion_worker = None
+        pending, self.lesion_pending = self.lesion_pending, None
+        if pending is not None and self._fresh(pending):
+            self._start_lesions(pending)
+        elif self._ending is not None:
+            ending, self._ending = self._ending, None
+            self._on_worker_finished(ending)

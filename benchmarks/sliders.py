@@ -3,23 +3,31 @@
 A real napari window (run it under Xvfb), the IterMask² dock widget, a synthetic FLAIR brain of
 clinical size and a real run (bundled ``flair`` by default, ``--max-iter`` iterations) through
 the widget's Run button. Then, in interleaved rounds, each path (``today``: the code before the
-sliders work, put back for the round; ``new``: the package as it is) is driven the way a user
-drives it:
+sliders work, put back for the round; ``sync``: the package with only its review workers put
+back as they were, the mask shown with the maps and every result computed on the GUI thread;
+``new``: the package as it is) is driven the way a user drives it:
 
 - ``threshold``: the threshold slider moved step by step over a range around the calibrated
-  value (minimum size 0), and ``threshold, min size``: the same with a minimum lesion size;
+  value (minimum size 0), and ``threshold, min size``: the same with a minimum lesion size
+  (both on the GUI thread, at once); ``threshold (lesion worker)``, new path only: the same
+  moves with each result computed by the lesion worker, as an asynchronous threshold would;
 - ``min size``: the minimum-size control stepped up and down;
 - ``iteration``: the iteration slider moved between iterations, timed until the *mask* layer
-  shows the chosen iteration (the worker's maps arrive later and are timed as ``iteration
-  maps``);
+  shows the chosen iteration (``iteration (mask shown)``) and until its error map,
+  reconstruction and lesions are shown too (``iteration (maps, lesions)``);
 - ``frame``: each iteration's frame of the run, recorded as the run reported it, handed again
-  to the widget's frame handler.
+  to the widget's frame handler: ``frame (GUI thread)`` until the handler has returned and the
+  canvas is redrawn (the GUI is blocked that long), ``frame (lesions shown)`` until the frame's
+  lesions are on screen too (the same for paths that compute them on the GUI thread).
 
 Every time runs from the control's change until the layer data are updated *and* the canvas
 is redrawn (pending Qt events processed, the canvas repainted, the GL pipeline finished).
 Before the rounds, both paths are checked to give the same lesion layer for the same values.
 
     xvfb-run -a -s "-screen 0 1920x1080x24" python benchmarks/sliders.py --rounds 3
+    xvfb-run -a ... python benchmarks/sliders.py --paths sync,new --actions iteration,frame
+
+Times from a loaded machine (a training job beside it) say nothing about the targets.
 
 Settings of the widget and of napari go to a temporary folder, never the user's own.
 """
@@ -38,8 +46,97 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- today's path, put back for the "today" rounds ------------------------------------------------
+def _sync_patches():
+    """(class, attribute, that function as it was) for what the review workers replaced: a
+    chosen iteration's mask shown with its maps, and every result (a frame's, a chosen
+    iteration's) computed on the GUI thread."""
+    from functools import partial
+
+    import numpy as np
+
+    from napari_itermask import review
+    from napari_itermask._plugin import controller, runner
+    from napari_itermask._plugin.common import notify
+
+    def request_step(self, sess, k, lesions=True):
+        from napari.qt.threading import create_worker
+
+        if self.mask_worker is not None:
+            self.mask_pending = (sess, k, lesions)
+            return
+
+        def compute():
+            if k == 0:
+                return k, sess.job.volume.scan_brain, None, None
+            error, recon = review.maps_at(sess, k)
+            return k, sess.job.mask_on_scan(k), error, recon
+
+        worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(partial(on_step_ready, self, sess))
+        worker.errored.connect(lambda exc: notify("error", str(exc)))
+        worker.finished.connect(self._on_mask_worker_done)
+        self.mask_worker = worker
+        worker.start()
+
+    def on_step_ready(self, sess, result):
+        k, mask, error, recon = result
+        if self._host_gone():
+            return
+        if self.alive(sess) and self.mask_pending is None:
+            self.host.presenter.show_step(sess, k, mask, error, recon)
+            self.host._update_lesions(sess)
+
+    real_apply = runner.Runner._apply_frame
+
+    def apply_frame(self, sess, frame):
+        ask = self.request_lesions
+        self.request_lesions = lambda s, **kw: self.host._update_lesions(s)
+        try:
+            real_apply(self, sess, frame)
+        finally:
+            self.request_lesions = ask
+
+    def on_iteration(self, k):
+        sess = self._current_session()
+        if sess is None or sess.job is None or not (0 <= k < len(sess.steps)):
+            return
+        last = len(sess.steps) - 1
+        if self._edit_review(iteration=None if k == last else int(k)) is None:
+            return
+        self.review_panel.show_iteration(sess, k)
+        if k == 0 or review.cache_key(sess.job, k) in sess.errors:
+            self._update_lesions(sess)
+        self.runner.request_step(sess, k)
+
+    def update_lesions(self, sess):
+        from napari_itermask.core.segmentation import lesion_stats
+        from napari_itermask.errors import ItermaskError
+
+        if sess.job is None or sess.review is None or not sess.steps:
+            return
+        try:
+            labels, _ = review.lesions(sess)
+            n, ml = lesion_stats(labels, sess.job.scan.voxel_volume_mm3)
+            sess.summary, made = f"Lesions: {n} · {ml:.2f} mL", True
+        except ItermaskError as exc:
+            labels = np.zeros(sess.job.scan.data.shape, np.uint8)
+            sess.summary, made = f"Lesions: – ({exc})", False
+        self._shown[id(sess.source)] = (sess, labels if made else None)
+        self.presenter.show_lesions(sess, labels, self.confirm)
+        if self._current_session() is sess:
+            dice = self._dice_text(sess, labels) if made else None
+            self.review_panel.show_result(sess.summary, dice)
+            self._schedule_table()
+
+    return [(runner.Runner, "request_step", request_step),
+            (runner.Runner, "_apply_frame", apply_frame),
+            (controller.IterMaskWidget, "_on_iteration", on_iteration),
+            (controller.IterMaskWidget, "_update_lesions", update_lesions)]
+
+
 def _today_patches():
-    """(module, attribute, today's function) for every function the sliders work replaced."""
+    """(module, attribute, today's function) for every function the sliders work replaced
+    (the review workers' too: ``_sync_patches``)."""
     import numpy as np
     from scipy import ndimage
 
@@ -119,22 +216,26 @@ def _today_patches():
                (pipeline, "lesion_stats", lesion_stats),
                (presenter.LayerPresenter, "show", show),
                (presenter.LayerPresenter, "show_step", show_step)]
-    return patches
+    return patches + _sync_patches()
 
 
 class Paths:
-    """Switches between today's functions and the package's own, by patching attributes."""
+    """Switches between today's functions, the package's own but for its review workers
+    (``sync``) and the package's own (``new``), by patching attributes."""
 
     def __init__(self):
-        self._today = _today_patches()
-        self._new = [(obj, name, obj.__dict__[name]) for obj, name, _ in self._today]
+        self._sets = {"today": _today_patches(), "sync": _sync_patches()}
+        self._new = [(obj, name, obj.__dict__[name]) for obj, name, _ in self._sets["today"]]
 
     def use(self, which: str) -> None:
-        for obj, name, fn in (self._today if which == "today" else self._new):
+        for obj, name, fn in self._new:
+            setattr(obj, name, fn)
+        for obj, name, fn in self._sets.get(which, []):
             setattr(obj, name, fn)
 
 
-TARGETED = ("threshold", "threshold, min size", "min size", "iteration (mask shown)", "frame")
+TARGETED = ("threshold", "threshold, min size", "min size", "iteration (mask shown)",
+            "frame (GUI thread)", "frame (lesions shown)")
 
 
 def _tiny_model(folder):
@@ -213,7 +314,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-size", type=int, default=20,
                    help="minimum lesion size (voxels) of the 'threshold, min size' rows")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--paths", default="today,new")
+    p.add_argument("--paths", default="today,sync,new",
+                   help="today, sync, new (comma-separated; see above)")
     p.add_argument("--actions", default="threshold,min size,iteration,frame",
                    help="which actions to time (comma-separated)")
     p.add_argument("--core", action="store_true",
@@ -360,6 +462,7 @@ def main(argv=None) -> int:
             wait(lambda: mask_set, "the chosen mask")
             redraw()
             mask_out.append(time.perf_counter() - t)
+            # the maps, then the lesions (their worker: _mask_worker is either review worker)
             wait(lambda k=k: w._mask_worker is None and sess.shown_step == k, "the maps")
             redraw()
             maps_out.append(time.perf_counter() - t)
@@ -380,12 +483,32 @@ def main(argv=None) -> int:
         return masks_at[k]
 
     def frame_moves():
-        out = []
+        gui, shown = [], []
         for f in frames:
             t = time.perf_counter()
             w.runner._on_yielded(sess, f)
             redraw()
+            gui.append(time.perf_counter() - t)
+            wait(lambda: w._mask_worker is None, "the frame's lesions")
+            redraw()
+            shown.append(time.perf_counter() - t)
+        return gui, shown
+
+    def threshold_worker_moves():
+        """The threshold ramp with each result from the lesion worker (an asynchronous
+        threshold path), timed until the lesions are shown."""
+        panel.min_size_spin.setValue(0)
+        set_threshold(ramp[0])
+        redraw()
+        out = []
+        for v in list(ramp[1:]) + list(ramp[-2::-1]):
+            t = time.perf_counter()
+            sess.review.update(threshold=float(v))
+            w.runner.request_lesions(sess)
+            wait(lambda: w._mask_worker is None, "the lesions")
+            redraw()
             out.append(time.perf_counter() - t)
+        set_threshold(thr0)
         return out
 
     # the same lesion layer from both paths, for a few values
@@ -446,14 +569,19 @@ def main(argv=None) -> int:
                     threshold_moves(args.min_size))
                 rows.setdefault(("lesion table, after a drag", which), []).extend(tables)
                 tables.clear()
+                if which == "new":
+                    rows.setdefault(("threshold (lesion worker)", which), []).extend(
+                        threshold_worker_moves())
             if "min size" in actions:
                 rows.setdefault(("min size", which), []).extend(min_size_moves())
             if "iteration" in actions:
                 m, mp = iteration_moves()
                 rows.setdefault(("iteration (mask shown)", which), []).extend(m)
-                rows.setdefault(("iteration maps", which), []).extend(mp)
+                rows.setdefault(("iteration (maps, lesions)", which), []).extend(mp)
             if "frame" in actions:
-                rows.setdefault(("frame", which), []).extend(frame_moves())
+                gui, shown = frame_moves()
+                rows.setdefault(("frame (GUI thread)", which), []).extend(gui)
+                rows.setdefault(("frame (lesions shown)", which), []).extend(shown)
             if prof is not None and which == "new":
                 prof.disable()
                 prof.dump_stats(args.profile)

@@ -11,8 +11,9 @@ wheel=$(ls "$tmp"/dist/napari_itermask-*.whl)
 .venv/bin/python - "$wheel" <<'PY'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-need = ["napari_itermask/napari.yaml", "napari_itermask/models/bundled/flair/card.json",
-        "napari_itermask/models/bundled/flair/weights.safetensors",
+need = ["napari_itermask/napari.yaml",
+        *(f"napari_itermask/models/bundled/{m}/{f}" for m in ("flair", "t2", "t1", "t1ce")
+          for f in ("card.json", "weights.safetensors")),
         "napari_itermask/skullstrip_template/mni152_t1_2mm.nii.gz",
         "napari_itermask/skullstrip_template/mni152_brain_mask_2mm.nii.gz",
         "napari_itermask/skullstrip_template/NOTICE.txt"]

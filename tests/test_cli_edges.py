@@ -155,11 +155,11 @@ def test_contrast_hint_is_a_token_of_the_file_name(name, hints):
 
 @pytest.fixture
 def contrast_models(isolated_home):
-    """User models named flair, t1 and t2 (tiny, fast), shadowing the bundled ones."""
+    """User models named flair, t1, t2 and t1ce (tiny, fast), shadowing the bundled ones."""
     from napari_itermask.models import load_bundle, save_bundle
 
     shas = {}
-    for contrast in ("flair", "t1", "t2"):
+    for contrast in ("flair", "t1", "t2", "t1ce"):
         bundle = perturbed_bundle()
         bundle.card.name = bundle.card.modality = contrast
         save_bundle(bundle, isolated_home.models / contrast)
@@ -192,10 +192,15 @@ def test_segment_names_the_model_it_ran(tmp_path, capsys, tiny_model_dir):
     ("case_t2w.nii.gz", "t2", "the file name says t2", None),
     ("case_FLAIR.nii.gz", "flair", "the file name says flair", None),
     ("case.nii.gz", "flair", "the default", None),
-    ("case_t1ce.nii.gz", "flair", "the default", "t1ce"),
+    ("case_t1ce.nii.gz", "t1ce", "the file name says t1ce", None),
+    ("case_T1Gd.nii.gz", "flair", "the default", "t1ce"),  # as if t1ce had no bundled model
 ])
 def test_segment_picks_the_model_from_the_file_name(tmp_path, capsys, contrast_models, name,
-                                                    model, why, warned):
+                                                    model, why, warned, monkeypatch):
+    from napari_itermask import cli
+
+    if warned:
+        monkeypatch.delitem(cli.BUNDLED_FOR, warned)
     scan, _ = small_scan(tmp_path / name)
     code, _, err = run_cli(capsys, "segment", scan, "-o", tmp_path / "o.nii.gz", "-q")
     assert code == 0, err

@@ -108,7 +108,7 @@ def test_missing_and_unknown_models(tmp_path):
 
 def test_bundled_models_are_listed_and_load():
     names = {m["name"]: m for m in list_models()}
-    for name in ("flair", "t1", "t2"):
+    for name in ("flair", "t1", "t2", "t1ce"):
         assert name in names and names[name]["source"] in ("bundled", "user")
         b = load_bundle(name)
         assert b.card.modality == name
@@ -148,7 +148,7 @@ def test_saving_into_an_impossible_folder_is_one_clear_error_and_leaves_nothing(
 def test_bundled_models_are_trained_calibrated_and_say_what_they_are():
     from napari_itermask.models import bundled_dir
 
-    for name in ("flair", "t1", "t2"):
+    for name in ("flair", "t1", "t2", "t1ce"):
         b = load_bundle(bundled_dir() / name)
         card = b.card
         assert card.trained and card.preset == "small" and card.modality == name

@@ -27,16 +27,16 @@ DEFAULT_MODEL = "flair"
 #: a run of letters and digits between ``_``, ``-``, ``.`` or spaces, compared case-insensitively.
 CONTRAST_TOKENS = {"flair": "flair", "t1": "t1", "t1w": "t1", "t2": "t2", "t2w": "t2",
                    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce"}
-#: The bundled model for each contrast; contrast-enhanced T1 has none (yet).
-BUNDLED_FOR = {"flair": "flair", "t1": "t1", "t2": "t2"}
+#: The bundled model for each contrast (a contrast missing here gets the default with a warning).
+BUNDLED_FOR = {"flair": "flair", "t1": "t1", "t2": "t2", "t1ce": "t1ce"}
 #: Trailing parts ``evaluate`` removes from a file's stem before pairing predictions with truth.
 LABEL_SUFFIXES = ("_label", "_labels", "_lesions", "_seg", "_mask")
 
 MODEL_HELP = (
     "bundled/user model name or folder. Default: chosen from each input's file name, by a "
     "token (between _ - . or spaces, any case) naming the contrast: flair -> flair; t1 or t1w "
-    "-> t1; t2 or t2w -> t2; t1ce, t1c or t1gd -> no bundled model, so flair with a warning; no "
-    "or several contrast tokens -> flair. A warning is printed whenever the file name and the "
+    "-> t1; t2 or t2w -> t2; t1ce, t1c or t1gd -> t1ce; no or several contrast tokens -> "
+    "flair. A warning is printed whenever the file name and the "
     "model's contrast differ")
 EVALUATE_RULE = (
     "Folders are paired by stem: from each file name, .nii.gz or .nii is removed and then one "
@@ -656,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="open napari with a sample and the widget")
     d.add_argument("--headless", action="store_true",
                    help="no window: segment a sample and print Dice against its ground truth")
-    d.add_argument("--modality", default="flair", choices=["flair", "t1", "t2"])
+    d.add_argument("--modality", default="flair", choices=["flair", "t1", "t2", "t1ce"])
     d.add_argument("--stratum", default="glioma", choices=["glioma", "stroke", "subtle"],
                    help="lesion distribution of the sample (default: glioma, the paper's case)")
     d.add_argument("--seed", type=int, default=None,

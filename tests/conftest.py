@@ -184,6 +184,19 @@ def perturbed_bundle(preset="tiny", seed=0, tau=0.5, threshold=2.0):
 
 
 @pytest.fixture
+def notes(monkeypatch):
+    """Notifications the plugin shows, by kind (napari's show_error/warning/info replaced by
+    recorders), so that a test can say what the user was told."""
+    pytest.importorskip("napari")
+    from napari.utils import notifications
+
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
+    return seen
+
+
+@pytest.fixture
 def tiny_bundle():
     return perturbed_bundle()
 

@@ -405,16 +405,6 @@ def case(gui):
     return synth.make_case("flair", 12345, voxel_size=gui.VOXEL_MM)
 
 
-@pytest.fixture
-def notes(gui, monkeypatch):
-    from napari.utils import notifications
-
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
-    return seen
-
-
 def _replayed(sess, model):
     """The labels the command line's pipeline gives for the session's image and choices."""
     from napari_itermask import review

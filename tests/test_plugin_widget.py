@@ -28,17 +28,6 @@ from _plugin_support import (  # noqa: E402,F401
 RUN_TIMEOUT = 60_000  # ms
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    """Notifications shown by the plugin, by kind."""
-    from napari.utils import notifications
-
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
-    return seen
-
-
 def _wait_idle(qtbot, w, timeout=RUN_TIMEOUT):
     qtbot.waitUntil(lambda: w._worker is None, timeout=timeout)
 

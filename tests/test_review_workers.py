@@ -34,17 +34,6 @@ HOLD_S = 30  # a held worker gives up after this long (a failed test never hangs
 RUN_TIMEOUT_MS = 180_000  # a run on a busy two-core machine
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    """Notifications shown by the plugin, by kind."""
-    from napari.utils import notifications
-
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
-    return seen
-
-
 def on_gui_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 

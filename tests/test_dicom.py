@@ -302,18 +302,6 @@ def test_segment_chooses_a_series_and_names_outputs_after_the_folder_or_zip(
 
 
 # -- the napari reader --------------------------------------------------------------------------
-@pytest.fixture
-def notes(monkeypatch):
-    """Notifications the reader shows, by kind (napari's show_* replaced by recorders)."""
-    pytest.importorskip("napari")
-    from napari.utils import notifications
-
-    seen = {"error": [], "warning": []}
-    for kind in seen:
-        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
-    return seen
-
-
 def test_reader_claims_dicom_folders_and_zips_only(tmp_path):
     from napari_itermask._reader import napari_get_reader, read_dicom, read_nifti
 

@@ -24,17 +24,6 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """Error and warning notifications, recorded instead of shown."""
-    from napari.utils import notifications
-
-    seen = {"error": [], "warning": []}
-    for kind in seen:
-        monkeypatch.setattr(notifications, f"show_{kind}", seen[kind].append)
-    return seen
-
-
-@pytest.fixture
 def widget(make_napari_viewer, qtbot, tiny_model):  # noqa: F811
     viewer = make_napari_viewer()
     return viewer, make_widget(viewer, tiny_model, qtbot)

@@ -113,3 +113,29 @@ def test_users_are_told_every_option_beyond_the_paper():
                   "without x_f"):
         assert words in note
     assert options_note(card.to_dict()) == note
+
+
+@pytest.mark.parametrize("bad", [-1, 17, 2.5, True, "2"])
+def test_one_bound_for_card_engine_and_calibrate(bad):
+    """The card, the engine's configuration and ``calibrate --context-gap`` refuse the same
+    values with the same words (``core.context_gap``)."""
+    from napari_itermask.core.context_gap import CONTEXT_GAPS, check_context_gap
+    from napari_itermask.errors import ModelError
+    from napari_itermask.models import new_card
+    from napari_itermask.models.card import ModelCard
+    from training import calibrate
+
+    assert check_context_gap(16) == 16 and check_context_gap(np.int64(3)) == 3
+    assert check_context_gap(2.0) == 2 and list(CONTEXT_GAPS) == list(range(17))
+    words = "context_gap must be a whole number of pixels from 0 to 16"
+    with pytest.raises(ValueError, match=words):
+        check_context_gap(bad)
+    with pytest.raises(ValueError, match=words):
+        EngineConfig(tau=1.0, context_gap=bad)
+    # the card checks a JSON whole number first (its own words), then the same bound
+    with pytest.raises(ModelError, match=words if bad == 17 else "context_gap"):
+        ModelCard.from_dict({**new_card("g", "t2", "tiny").to_dict(), "context_gap": bad})
+    if isinstance(bad, int) and not isinstance(bad, bool):  # argparse gives calibrate an int
+        with pytest.raises(SystemExit, match=words):
+            calibrate.main(["--model", "nothing-here", "--val", "nothing.npz", "--name", "g",
+                            "--modality", "t2", "-o", "out", "--context-gap", str(bad)])

@@ -33,6 +33,7 @@ import torch
 from napari_itermask import allocator
 from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
 from napari_itermask.core.conditioning import RadiusConditioning
+from napari_itermask.core.context_gap import check_context_gap
 from napari_itermask.core.engine import error_scale, masked_net_input, run_to_end
 from napari_itermask.core.first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
 from napari_itermask.core.frequency import high_pass
@@ -233,6 +234,11 @@ def main(argv=None) -> int:
         raise SystemExit("--smoothing must be a finite number >= 0")
     if args.rim < 0:
         raise SystemExit("--rim must be >= 0")
+    if args.context_gap is not None:
+        try:
+            check_context_gap(args.context_gap)
+        except ValueError as exc:
+            raise SystemExit(f"--context-gap: {exc}") from None
     if args.precision == "bf16" and not bf16_supported("cpu"):
         raise SystemExit("--precision bf16: this CPU has no native bf16 instructions "
                          "(avx512_bf16 or amx_bf16); calibrate on one that has")
@@ -273,8 +279,6 @@ def main(argv=None) -> int:
             raise SystemExit(f"--radius-schedule: {exc}") from None
         bundle.card.radius_conditioning = rc.to_dict()
     if args.context_gap is not None:
-        if not 0 <= args.context_gap <= 16:
-            raise SystemExit("--context-gap must be from 0 to 16 pixels")
         bundle.card.context_gap = args.context_gap
     if args.first_step:
         bundle.card.first_step = args.first_step

@@ -74,6 +74,7 @@ import torch
 
 from .frequency import high_pass, high_pass_radii
 from .conditioning import RadiusConditioning
+from .context_gap import check_context_gap
 from .first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
 from .net_input import masked_input
 from .residual import ResidualScale
@@ -142,9 +143,7 @@ class EngineConfig:
             raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}")
         if self.first_step not in FIRST_STEPS:
             raise ValueError(f"first_step must be one of {', '.join(FIRST_STEPS)}")
-        if isinstance(self.context_gap, bool) or int(self.context_gap) != self.context_gap or \
-                not 0 <= self.context_gap <= 16:
-            raise ValueError("context_gap must be a whole number of pixels from 0 to 16")
+        check_context_gap(self.context_gap)
         if (isinstance(self.complementary_masks, bool) or int(self.complementary_masks)
                 != self.complementary_masks or self.complementary_masks not in COMPLEMENTARY_MASKS):
             raise ValueError("complementary_masks must be a whole number from "

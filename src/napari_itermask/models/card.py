@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.conditioning import RadiusConditioning
+from ..core.context_gap import check_context_gap
 from ..core.polarity import POLARITIES
 from ..core.first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
 from ..core.precision import DEFAULT_PRECISION, PRECISIONS
@@ -134,8 +135,10 @@ class ModelCard:
             raise ModelError(f"model card: radius_conditioning is invalid ({exc})") from None
         if d.get("first_step", "f1") not in FIRST_STEPS:
             raise ModelError(f"model card: first_step must be one of {', '.join(FIRST_STEPS)}")
-        if d.get("context_gap", 0) not in range(0, 17):
-            raise ModelError("model card: context_gap must be a whole number from 0 to 16")
+        try:
+            check_context_gap(d.get("context_gap", 0))
+        except ValueError as exc:
+            raise ModelError(f"model card: {exc}") from None
         if d.get("complementary_masks", 3) not in COMPLEMENTARY_MASKS:
             raise ModelError("model card: complementary_masks must be a whole number from "
                              f"{COMPLEMENTARY_MASKS[0]} to {COMPLEMENTARY_MASKS[-1]}")

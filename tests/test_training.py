@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from napari_itermask.core.calibration import tau_from_masked_errors, threshold_from_healthy
+from napari_itermask.core import precision as prec_mod
 from napari_itermask.core.metrics import (
     best_threshold_dice,
     dice,
@@ -439,7 +440,8 @@ def test_dae_trains_with_positive_noise_and_records_it(tiny_data, tmp_path):
     assert json.loads(state["extra"])["dae_noise"] == "positive"
 
 
-def test_training_cost_ledger_adds_up_across_init_from_and_resume(tiny_data, tmp_path):
+def test_training_cost_ledger_adds_up_across_init_from_and_resume(tiny_data, tmp_path,
+                                                                 monkeypatch):
     """The card carries cumulative steps, samples seen and CPU hours: a run started from a
     bundle adds its own segment to the bundle's history; --resume extends that segment."""
     from napari_itermask.models import save_bundle
@@ -466,7 +468,9 @@ def test_training_cost_ledger_adds_up_across_init_from_and_resume(tiny_data, tmp
     extra2 = json.loads(train.load_checkpoint(run / "masked.ckpt")["extra"])
     assert [h["steps"] for h in extra2["history"]] == [700, 5]
     assert extra2["history"][1]["cpu_hours"] >= hist[1]["cpu_hours"]
-    # resumed in another precision: the fp32 steps so far close their segment
+    # resumed in another precision: the fp32 steps so far close their segment (on a CPU that
+    # has bf16; elsewhere train runs fp32, tested below)
+    monkeypatch.setattr(prec_mod, "cpu_flags", lambda: {"avx512_bf16"})
     train.main([*base, "--steps", "7", "--resume", "--precision", "bf16"])
     extra3 = json.loads(train.load_checkpoint(run / "masked.ckpt")["extra"])
     assert [(h["steps"], h["precision"]) for h in extra3["history"]] == [
@@ -483,7 +487,8 @@ def test_training_cost_ledger_adds_up_across_init_from_and_resume(tiny_data, tmp
     assert [h["steps"] for h in prior] == [700, 5, 2]
 
 
-def test_bf16_training_step_trains_float32_weights(tiny_data, tmp_path):
+def test_bf16_training_step_trains_float32_weights(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prec_mod, "cpu_flags", lambda: {"avx512_bf16"})
     train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "first", "--steps", "3",
                 "--batch", "2", "--out", str(tmp_path), "--threads", "1", "--precision",
                 "bf16"])
@@ -497,6 +502,18 @@ def test_bf16_training_step_trains_float32_weights(tiny_data, tmp_path):
     before = net.weight.detach().clone()
     loss = train.train_step(net, opt, x, x, "bf16")
     assert loss.dtype == torch.float32 and not torch.equal(before, net.weight)
+
+
+def test_bf16_on_a_cpu_without_it_trains_fp32_and_says_so(tiny_data, tmp_path, monkeypatch,
+                                                          capsys):
+    monkeypatch.setattr(prec_mod, "cpu_flags", lambda: {"avx2", "fma"})
+    train.main(["--train", str(tiny_data), "--preset", "tiny", "--net", "first", "--steps", "2",
+                "--batch", "2", "--out", str(tmp_path), "--threads", "1", "--precision",
+                "bf16"])
+    extra = json.loads(train.load_checkpoint(tmp_path / "first.ckpt")["extra"])
+    assert extra["precision"] == "fp32"
+    assert [h["precision"] for h in extra["history"]] == ["fp32"]
+    assert "no native bf16" in capsys.readouterr().err
 
 
 def test_a_stop_signal_saves_the_checkpoint_and_starts_no_further_net(tiny_data, tmp_path,

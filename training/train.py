@@ -37,6 +37,7 @@ from napari_itermask.core.conditioning import RadiusConditioning
 from napari_itermask.core.frequency import high_pass, high_pass_radii
 from napari_itermask.core.masks import MaskSampler
 from napari_itermask.core.net_input import masked_channels, masked_input
+from napari_itermask.core.precision import PRECISIONS, usable_precision
 from napari_itermask import allocator, synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters
 
@@ -135,7 +136,6 @@ class Batcher:
         return masked_input(xt, masks, eps, xf, self.guidance, level), xt
 
 
-PRECISIONS = ("fp32", "bf16")
 
 
 def train_step(model, opt, inp: torch.Tensor, target: torch.Tensor, precision: str = "fp32"):
@@ -306,6 +306,11 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    # emulated bf16 is several times slower than float32: such a device trains in fp32, and the
+    # ledger records the precision that ran
+    args.precision, notice = usable_precision(args.precision, device)
+    if notice:
+        log(f"{net}: {notice}")
     torch.manual_seed(args.seed + 1000 * rank + (0 if net == "first" else 7))
     if net in BASELINES:
         from .baselines import build_baseline

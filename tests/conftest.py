@@ -225,3 +225,16 @@ def phantom_nifti(tmp_path):
     lpath = tmp_path / "scan_label.nii.gz"
     nib.save(nib.Nifti1Image(lab, aff), str(lpath))
     return path, lpath, aff
+
+
+def _bf16_kernels() -> bool:
+    from napari_itermask.core.precision import cpu_flags
+
+    f = cpu_flags()
+    return {"avx512bw", "avx512vl", "avx512dq"} <= f or "avx_ne_convert" in f
+
+
+# torch's CPU bf16 convolution needs these instructions; without them the bf16 path cannot run
+# at all (the fp32 fallback is tested on its own)
+needs_bf16_kernels = pytest.mark.skipif(not _bf16_kernels(),
+                                        reason="this CPU has no bf16 convolution kernels")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import needs_bf16_kernels
 import torch
 
 from napari_itermask.core import fuse as fuse_mod
@@ -72,6 +73,7 @@ def test_without_the_onednn_operator_the_same_folded_weights_run_plain(monkeypat
         assert float((fused(x) - ref).abs().max()) <= 1e-5
 
 
+@needs_bf16_kernels
 def test_bf16_net_is_close_and_returns_float32():
     net = random_unet(CONFIGS["small-like"], seed=2)
     x = torch.randn(2, 2, 32, 32)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _cli_support import lines, run_cli
-from conftest import ball_cases, perturbed_bundle
+from conftest import ball_cases, needs_bf16_kernels, perturbed_bundle
 from napari_itermask.core import precision as prec_mod
 from napari_itermask.core.precision import cpu_flags, usable_precision
 from napari_itermask.errors import ModelError
@@ -110,6 +110,7 @@ def test_bf16_is_refused_for_a_model_without_a_bf16_calibration(phantom_nifti, t
     assert not out.exists() and not out.with_name("lab.json").exists()
 
 
+@needs_bf16_kernels
 def test_bf16_run_uses_its_calibration_records_it_and_replays(phantom_nifti, native_bf16):
     scan = load_scan(phantom_nifti[0])
     b = bf16_bundle()
@@ -162,6 +163,7 @@ def _grid_bundle(seed=0):
     return b
 
 
+@needs_bf16_kernels
 def test_calibrate_precision_bf16_records_both_and_evaluate_runs_each(tiny_val, tmp_path,
                                                                        native_bf16, monkeypatch):
     from napari_itermask.models import load_bundle

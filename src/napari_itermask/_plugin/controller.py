@@ -15,8 +15,9 @@ run in napari generator workers (``runner``); the GUI thread only swaps layer da
 threshold, minimum size and source re-threshold the cached error map here, at once (numpy, no
 model call: ``runner.compute_lesions``); choosing another iteration shows its mask from a short
 worker, then its maps, then its lesions (computed in another worker, as are each run frame's).
-The per-lesion table follows a moment later (debounced), so dragging the threshold stays
-smooth.
+The per-lesion table and its Dice follow a moment after the last change (debounced), computed
+by a third worker (``runner.compute_table``, coalesced; a table of a result no longer shown is
+dropped), so neither dragging the threshold nor a run's frames wait for it.
 
 Safety. A run belongs to its session's source layer; one run at a time; labels the user owns are
 never replaced without ``self.confirm(title, text)`` returning True (tests replace it); errors
@@ -40,10 +41,12 @@ from .run_controls import RunControls
 from .runner import (
     FINISHED_TEXT,
     Runner,
+    TableResult,
     compute_lesions,
     dice_text,
     ground_truth,
     lesion_request,
+    table_request,
 )
 
 __all__ = ["FINISHED_TEXT", "TITLE", "IterMaskWidget"]
@@ -71,7 +74,7 @@ class IterMaskWidget(QWidget):
         self.run_controls = RunControls()
         self.review_panel = ReviewPanel()
         self.presenter = LayerPresenter(napari_viewer)
-        self._table_timer = QTimer(self)
+        self._table_timer = _TableTimer(self, lambda: self.runner.table_busy)
         self._table_timer.setSingleShot(True)
         self._table_timer.setInterval(150)
         self._table_timer.timeout.connect(self._refresh_table)
@@ -330,18 +333,23 @@ class IterMaskWidget(QWidget):
         self._table_timer.start()
 
     def _refresh_table(self) -> None:
-        """The per-lesion table (and Dice) of what the current image shows."""
-        from ..lesion_table import lesion_table
-
+        """Ask for the per-lesion table (and Dice) of what the current image shows: computed
+        by the runner's table worker and shown by ``_show_table`` if still current; with no
+        result shown, an empty table at once."""
         sess = self._current_session()
         shown_sess, labels = self._shown.get(id(sess.source), (None, None)) if sess else (
             None, None)
-        if shown_sess is not sess or labels is None or sess.job is None:
+        if (shown_sess is not sess or labels is None or sess.job is None
+                or sess.review is None or not sess.steps):
+            self.runner.drop_table()
             self.review_panel.show_table([])
             return
-        scan = sess.job.scan
-        self.review_panel.show_table(lesion_table(labels, scan.affine, scan.data))
-        self.review_panel.show_result(sess.summary, self._dice_text(sess, labels))
+        self.runner.request_table(table_request(sess, labels, self.inputs.truth_layer))
+
+    def _show_table(self, result: TableResult) -> None:
+        """Put a ``runner.TableResult`` on screen: the table, and the Dice line with it."""
+        self.review_panel.show_table(result.rows)
+        self.review_panel.show_result(result.request.sess.summary, result.dice)
 
     def restore_defaults(self) -> None:
         """Calibrated τ and threshold of the model, the last iteration's error map, default
@@ -387,6 +395,19 @@ class IterMaskWidget(QWidget):
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes
+
+
+class _TableTimer(QTimer):
+    """The lesion table's debounce. ``isActive()`` also says True while the table it asked for
+    is computed or waits for its worker (``busy()``), so that "not active" means, as when the
+    table was computed here, that the table on screen is that of the result shown."""
+
+    def __init__(self, parent, busy):
+        super().__init__(parent)
+        self._busy = busy
+
+    def isActive(self) -> bool:  # noqa: N802 (Qt name)
+        return super().isActive() or bool(self._busy())
 
 
 def _blocked(widget):

@@ -1,14 +1,15 @@
-"""The widget's workers: a run (Run, Step, Continue, Stop), a chosen iteration's maps, lesions.
+"""The widget's workers: a run (Run, Step, Continue, Stop), a chosen iteration's maps, lesions,
+the lesion table.
 
 A run's worker iterates and reports frames, notes, failures and its end; a short worker fetches
 the mask and then the maps of the iteration chosen in the review; another computes the lesions
-of a frame or of a chosen iteration.
+of a frame or of a chosen iteration; a third the per-lesion table (and Dice) of the result shown.
 
 ``Runner`` belongs to one ``IterMaskWidget`` (its *host*) and uses only what the host composes:
 the panels (``inputs``, ``run_controls``, ``review_panel``), the ``presenter``, the sessions by
 source layer (``_sessions``, ``_current_session()``) and four hooks that bring the panels in
 line (``_refresh_review()``, ``_update_lesions(session)``, ``_show_result(session, result)``,
-``_update_buttons()``).
+``_show_table(result)``, ``_update_buttons()``) and what it shows by source layer (``_shown``).
 
 Out of memory. A run's networks retry a batch that runs out of memory in halves
 (``oom.split_on_oom``, the same result); each retry is shown as a warning notification.
@@ -30,6 +31,13 @@ source re-threshold a cached map on the GUI thread with the same ``compute_lesio
 controller's ``_update_lesions``), shown at once: tens of milliseconds on a clinical scan
 (docs/performance.md), which a worker's hand-over would only add to. A run counts as running
 until its last frame's lesions are shown.
+
+The lesion table. The per-lesion table of the result shown and its Dice against the chosen
+ground truth (``compute_table``: ``lesion_table.lesion_table`` and ``dice_text``, tens to
+hundreds of milliseconds with many lesions) come from a third short worker, coalesced the same
+way (while one is computed only the latest request waits); a table is shown only if its session
+is alive and current, still shows the very labels it was made of, its review is unchanged and the
+same ground truth is chosen (``Runner.table_fresh``).
 """
 
 from __future__ import annotations
@@ -50,7 +58,8 @@ from .common import notify
 from .run_controls import progress_fraction
 
 __all__ = ["FINISHED_TEXT", "Runner", "LesionRequest", "LesionResult", "lesion_state",
-           "lesion_request", "compute_lesions", "ground_truth", "dice_text"]
+           "lesion_request", "compute_lesions", "ground_truth", "dice_text", "TableRequest",
+           "TableResult", "table_request", "compute_table"]
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +240,47 @@ def compute_lesions(req: LesionRequest) -> LesionResult:
                         dice_text(labels, *req.truth))
 
 
+@dataclass(eq=False)
+class TableRequest:
+    """What the lesion table of a result shown needs, read on the GUI thread
+    (``table_request``)."""
+
+    sess: Session
+    state: tuple  # ``lesion_state`` when asked
+    labels: np.ndarray  # the labels shown (scan grid), the very array ``_shown`` holds
+    affine: np.ndarray  # the scan's voxel → RAS mm matrix
+    image: np.ndarray  # the scan's own values (the table's mean intensity)
+    truth_layer: object  # the ground-truth layer chosen when asked (None: no Dice)
+    truth: tuple  # ``ground_truth(truth_layer, sess)``
+
+
+@dataclass(eq=False)
+class TableResult:
+    """A lesion table ready to show: rows of ``lesion_table.Lesion`` (largest first), the
+    Dice line."""
+
+    request: TableRequest
+    rows: list
+    dice: str | None
+
+
+def table_request(sess: Session, labels: np.ndarray, truth_layer=None) -> TableRequest:
+    """The request for the table of ``labels``, the session's result shown (GUI thread, no
+    maths)."""
+    scan = sess.job.scan
+    return TableRequest(sess, lesion_state(sess), labels, scan.affine, scan.data, truth_layer,
+                        ground_truth(truth_layer, sess))
+
+
+def compute_table(req: TableRequest) -> TableResult:
+    """The per-lesion table (``lesion_table.lesion_table``, what Export writes as CSV) and the
+    Dice line of a request. Runs on any thread."""
+    from ..lesion_table import lesion_table
+
+    return TableResult(req, lesion_table(req.labels, req.affine, req.image),
+                       dice_text(req.labels, *req.truth))
+
+
 class Runner:
     """Starts, stops and listens to the host widget's workers."""
 
@@ -242,6 +292,8 @@ class Runner:
         self.mask_pending: tuple | None = None  # (session, k, lesions) asked for meanwhile
         self.lesion_worker = None  # the worker computing a result's lesions
         self.lesion_pending: LesionRequest | None = None  # the latest asked for meanwhile
+        self.table_worker = None  # the worker computing a result's lesion table
+        self.table_pending: TableRequest | None = None  # the latest asked for meanwhile
         self._ending = None  # a run's worker that ended while its last lesions were computed
         self.bundles: dict = {}
         self.start_iteration = 0
@@ -578,3 +630,59 @@ class Runner:
         elif self._ending is not None:
             ending, self._ending = self._ending, None
             self._on_worker_finished(ending)
+
+    # -- the lesion table of the result shown ---------------------------------------------------
+    def request_table(self, req: TableRequest) -> None:
+        """Compute a lesion table (``compute_table``) in a worker and show it (the host's
+        ``_show_table``) if it is still that of the result shown; while one is computed only
+        the latest request waits."""
+        if self.table_worker is not None:
+            self.table_pending = req
+            return
+        self._start_table(req)
+
+    def drop_table(self) -> None:
+        """Forget a waiting table request (the host has just shown a newer, empty table); one
+        in progress is dropped when it comes back, being stale."""
+        self.table_pending = None
+
+    @property
+    def table_busy(self) -> bool:
+        """Whether a lesion table is being computed or waits to be."""
+        return self.table_worker is not None or self.table_pending is not None
+
+    def _start_table(self, req: TableRequest) -> None:
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(compute_table, req, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_table_ready)
+        worker.errored.connect(lambda exc: notify("error", f"could not compute the lesion "
+                                                           f"table ({exc})"))
+        worker.finished.connect(partial(self._on_table_worker_done, worker))
+        self.table_worker = worker
+        worker.start()
+
+    def table_fresh(self, req: TableRequest) -> bool:
+        """Whether a table request is still that of what the host shows: the widget there, the
+        session alive and current, showing the same labels with the same review, and the same
+        ground truth chosen."""
+        if self._host_gone():
+            return False
+        sess, host = req.sess, self.host
+        if not self.alive(sess) or host._current_session() is not sess or sess.review is None:
+            return False
+        shown_sess, labels = host._shown.get(id(sess.source), (None, None))
+        return (shown_sess is sess and labels is req.labels and bool(sess.steps)
+                and lesion_state(sess) == req.state
+                and host.inputs.truth_layer is req.truth_layer)
+
+    def _on_table_ready(self, result: TableResult) -> None:
+        if self.table_fresh(result.request):
+            self.host._show_table(result)
+
+    def _on_table_worker_done(self, worker) -> None:
+        if self.table_worker is worker:
+            self.table_worker = None
+        pending, self.table_pending = self.table_pending, None
+        if pending is not None and self.table_fresh(pending):
+            self._start_table(pending)

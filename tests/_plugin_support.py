@@ -10,6 +10,8 @@ full run to a few seconds on two CPU cores.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,45 @@ def make_widget(viewer, model, qtbot=None):
 def wait_idle(qtbot, w, timeout=RUN_TIMEOUT_MS):
     """Until the widget's run (and its iteration-maps worker) has ended."""
     qtbot.waitUntil(lambda: w._worker is None and w._mask_worker is None, timeout=timeout)
+
+
+HOLD_S = 30  # a held worker gives up after this long (a failed test never hangs)
+
+
+def on_gui_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class Gate:
+    """Wraps a function: records each call (its arguments and whether it ran on the GUI
+    thread) and, while armed, holds calls from worker threads until opened."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls: list = []
+        self.armed = False
+        self.held = threading.Event()  # a worker is waiting at the gate
+        self.opened = threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, on_gui_thread()))
+        if self.armed and not on_gui_thread():
+            self.held.set()
+            self.opened.wait(HOLD_S)
+        return self.fn(*args, **kwargs)
+
+    def arm(self):
+        self.armed, self.calls = True, []
+        self.held.clear()
+        self.opened.clear()
+
+    def open(self):
+        self.armed = False
+        self.opened.set()
+
+    def method(self):
+        """The gate as a method to patch into a class (a plain function binds ``self``)."""
+        def gated(*args, **kwargs):
+            return self(*args, **kwargs)
+
+        return gated

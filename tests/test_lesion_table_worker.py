@@ -10,8 +10,6 @@ moment while a table is computed. Run under Xvfb: QT_QPA_PLATFORM=xcb QT_API=pyq
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -19,6 +17,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from _plugin_support import (  # noqa: E402,F401
+    Gate,
     THRESHOLD,
     add_case,
     isolated_settings,
@@ -32,42 +31,9 @@ from napari_itermask import lesion_table as lesion_table_module  # noqa: E402
 from napari_itermask._layers import from_layer_shape  # noqa: E402
 from napari_itermask.core.metrics import dice  # noqa: E402
 
-HOLD_S = 30  # a held worker gives up after this long (a failed test never hangs)
 HELD_MS = 10_000  # how long a test waits for a table worker to reach the gate
 RUN_TIMEOUT_MS = 180_000  # a run on a busy two-core machine
 REAL_TABLE = lesion_table_module.lesion_table
-
-
-def on_gui_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-class Gate:
-    """Wraps ``lesion_table``: records each call (its labels and whether it ran on the GUI
-    thread) and, while armed, holds calls from worker threads until opened."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.calls: list = []  # (labels, on the GUI thread)
-        self.armed = False
-        self.held = threading.Event()
-        self.opened = threading.Event()
-
-    def __call__(self, labels, *args, **kwargs):
-        self.calls.append((labels, on_gui_thread()))
-        if self.armed and not on_gui_thread():
-            self.held.set()
-            self.opened.wait(HOLD_S)
-        return self.fn(labels, *args, **kwargs)
-
-    def arm(self):
-        self.armed, self.calls = True, []
-        self.held.clear()
-        self.opened.clear()
-
-    def open(self):
-        self.armed = False
-        self.opened.set()
 
 
 @pytest.fixture
@@ -166,7 +132,7 @@ def test_a_table_of_a_result_no_longer_shown_is_dropped(ran, gate, shown_tables,
     rp.threshold_spin.setValue(0.5 * THRESHOLD)  # its table is held in its worker ...
     qtbot.waitUntil(gate.held.is_set, timeout=HELD_MS)
     assert rows_of(rp) == before  # the GUI goes on; the old table stays meanwhile
-    held_labels = gate.calls[0][0]
+    held_labels = gate.calls[0][0][0]  # (args, on the GUI thread): labels come first
     rp.threshold_spin.setValue(1.5 * THRESHOLD)  # ... while the user moves on
     gate.open()
     qtbot.waitUntil(lambda: table_settled(w), timeout=10_000)
@@ -176,7 +142,7 @@ def test_a_table_of_a_result_no_longer_shown_is_dropped(ran, gate, shown_tables,
     assert not np.array_equal(held_labels, labels)
     assert [len(t) for t in shown_tables] == [len(table)]
     assert rows_of(rp) == [f"{row.volume_ml:.3f}" for row in table[:100]]
-    assert [lab is held_labels for lab, _ in gate.calls] == [True, False]
+    assert [args[0] is held_labels for args, _ in gate.calls] == [True, False]
     assert not notes["error"], notes["error"]
 
     # a table of a session that is gone (Reset) is dropped: the table stays empty
@@ -212,7 +178,7 @@ def test_table_requests_coalesce_while_one_is_computed(ran, gate, shown_tables, 
     assert len(gate.calls) == 2 < 1 + len(moves)
     assert not any(gui for _, gui in gate.calls)
     labels, table = expected_table(sess)
-    np.testing.assert_array_equal(gate.calls[-1][0], labels)
+    np.testing.assert_array_equal(gate.calls[-1][0][0], labels)
     assert [len(t) for t in shown_tables] == [len(table)]
     assert not notes["error"], notes["error"]
 

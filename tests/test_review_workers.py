@@ -9,8 +9,6 @@ Xvfb: QT_QPA_PLATFORM=xcb QT_API=pyqt6.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -18,6 +16,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from _plugin_support import (  # noqa: E402,F401
+    Gate,
     THRESHOLD,
     add_case,
     isolated_settings,
@@ -30,47 +29,7 @@ from _plugin_support import (  # noqa: E402,F401
 from napari_itermask import pipeline, review  # noqa: E402
 from napari_itermask._layers import to_layer_shape  # noqa: E402
 
-HOLD_S = 30  # a held worker gives up after this long (a failed test never hangs)
 RUN_TIMEOUT_MS = 180_000  # a run on a busy two-core machine
-
-
-def on_gui_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-class Gate:
-    """Wraps a function: records each call (its arguments and whether it ran on the GUI
-    thread) and, while armed, holds calls from worker threads until opened."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.calls: list = []
-        self.armed = False
-        self.held = threading.Event()  # a worker is waiting at the gate
-        self.opened = threading.Event()
-
-    def __call__(self, *args, **kwargs):
-        self.calls.append((args, on_gui_thread()))
-        if self.armed and not on_gui_thread():
-            self.held.set()
-            self.opened.wait(HOLD_S)
-        return self.fn(*args, **kwargs)
-
-    def arm(self):
-        self.armed, self.calls = True, []
-        self.held.clear()
-        self.opened.clear()
-
-    def open(self):
-        self.armed = False
-        self.opened.set()
-
-    def method(self):
-        """The gate as a method to patch into a class (a plain function binds ``self``)."""
-        def gated(*args, **kwargs):
-            return self(*args, **kwargs)
-
-        return gated
 
 
 @pytest.fixture

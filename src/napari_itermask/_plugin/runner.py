@@ -600,16 +600,24 @@ class Runner:
             return
         self._start_lesions(req)
 
-    def _start_lesions(self, req: LesionRequest) -> None:
+    @staticmethod
+    def _short_worker(compute, req, ready, done, what: str):
+        """A started worker that runs ``compute(req)`` and hands its result to ``ready``; a
+        failure is one error notification ("could not compute the <what>"); ``done(worker)``
+        when it has ended either way."""
         from napari.qt.threading import create_worker
 
-        worker = create_worker(compute_lesions, req, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._on_lesions_ready)
-        worker.errored.connect(lambda exc: notify("error", f"could not compute the lesions "
+        worker = create_worker(compute, req, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(ready)
+        worker.errored.connect(lambda exc: notify("error", f"could not compute the {what} "
                                                            f"({exc})"))
-        worker.finished.connect(partial(self._on_lesion_worker_done, worker))
-        self.lesion_worker = worker
+        worker.finished.connect(partial(done, worker))
         worker.start()
+        return worker
+
+    def _start_lesions(self, req: LesionRequest) -> None:
+        self.lesion_worker = self._short_worker(compute_lesions, req, self._on_lesions_ready,
+                                                self._on_lesion_worker_done, "lesions")
 
     def _fresh(self, req: LesionRequest) -> bool:
         """Whether a request still fits its session: alive, and its review unchanged."""
@@ -652,15 +660,8 @@ class Runner:
         return self.table_worker is not None or self.table_pending is not None
 
     def _start_table(self, req: TableRequest) -> None:
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(compute_table, req, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._on_table_ready)
-        worker.errored.connect(lambda exc: notify("error", f"could not compute the lesion "
-                                                           f"table ({exc})"))
-        worker.finished.connect(partial(self._on_table_worker_done, worker))
-        self.table_worker = worker
-        worker.start()
+        self.table_worker = self._short_worker(compute_table, req, self._on_table_ready,
+                                               self._on_table_worker_done, "lesion table")
 
     def table_fresh(self, req: TableRequest) -> bool:
         """Whether a table request is still that of what the host shows: the widget there, the

@@ -1,7 +1,7 @@
 """Random fields and small geometry helpers shared by every part of the synthetic-brain generator.
 
 All randomness comes from ``numpy.random.Generator`` streams passed in by the caller; nothing here
-keeps state, so a seed gives bit-identical arrays.
+keeps state, so a seed gives bit-identical arrays, on every CPU: see ``portable``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,30 @@ import numpy as np
 from scipy import ndimage
 
 
+def portable(ufunc, x):
+    """``ufunc(x)`` (a numpy transcendental such as ``np.arccos`` or ``np.cbrt``) with the same
+    last bits on every x86-64 CPU, in ``x``'s floating dtype (float64 for Python numbers).
+
+    For float32 and float64 numpy picks an implementation of these functions per CPU (a vector
+    math library on AVX-512, the C library elsewhere) and their results differ in the last bits,
+    enough to change a synthetic case's hash.  The C library's long-double routines do not vary
+    with the CPU; their result, rounded to ``x``'s dtype, is one answer everywhere.  Arithmetic,
+    ``sqrt``, and float32 ``exp``/``log``/``sin``/``cos``/``tanh`` agree between AVX2 and AVX-512
+    builds as they are (docs/benchmark.md, "Reproducible across CPUs").
+    """
+    x = np.asarray(x)
+    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    out = ufunc(x.astype(np.longdouble)).astype(dtype)
+    return out if out.ndim else out[()]
+
+
 def basis(n: int, spacing: float) -> np.ndarray:
     """Gaussian radial basis along one axis, rows normalised to unit L2 norm."""
     spacing = max(float(spacing), 1.0)
     k = int(math.ceil((n - 1 + 2 * spacing) / spacing)) + 1
     centres = np.linspace(-spacing, n - 1 + spacing, k)
     x = np.arange(n, dtype=np.float64)[:, None]
-    b = np.exp(-0.5 * ((x - centres[None]) / (0.75 * spacing)) ** 2)
+    b = portable(np.exp, -0.5 * ((x - centres[None]) / (0.75 * spacing)) ** 2)
     b /= np.sqrt((b * b).sum(1, keepdims=True))
     return b.astype(np.float32)
 

@@ -51,7 +51,7 @@ def central_slab_z(brain: np.ndarray) -> tuple[int, int]:
 def _draw_area_px(rng) -> float:
     b = int(rng.choice(3, p=SIZE_SHARES))
     lo, hi = AREA_BINS_PX[b]
-    return float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
 def _mass_effect(rng, anat: Anatomy, centre, push_mm: float, reach_mm: float,
@@ -67,7 +67,7 @@ def _mass_effect(rng, anat: Anatomy, centre, push_mm: float, reach_mm: float,
     r = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2).astype(np.float32)
     # tissue found at r came from r_src: r³ = r_src³ + a³ · fade(r), a ball of radius a inflated
     fade = np.exp(-((np.maximum(r - radius_mm, 0.0) / np.float32(reach_mm)) ** 2))
-    r_src = np.cbrt(np.maximum(r**3 - np.float32(push_mm**3) * fade, 0.0))
+    r_src = fields.portable(np.cbrt, np.maximum(r * r * r - np.float32(push_mm**3) * fade, 0.0))
     ratio = np.where(r > 1e-3, r_src / np.maximum(r, 1e-3), 0.0).astype(np.float32)
     coords = np.stack([np.broadcast_to(np.float32(centre[i]) + d[i] / vs * ratio, r.shape)
                        for i in range(3)])
@@ -137,7 +137,7 @@ def add_glioma(seed: int, anat: Anatomy, modality: str, mi: int):
         centre = fields.choose(rng, anat.brain)
     rot = fields.random_rotation(rng)
     semi = r_eq * rng.uniform(0.8, 1.25, 3)
-    semi *= r_eq / np.cbrt(np.prod(semi))
+    semi *= r_eq / fields.portable(np.cbrt, np.prod(semi))
     has_core = rng.random() < 0.9
     core_ratio = rng.uniform(0.35, 0.7)
     enhancing = has_core and rng.random() < 0.85

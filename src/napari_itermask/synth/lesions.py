@@ -16,6 +16,8 @@ and kept at least 4-10 % brighter (T1: darker) than the parenchyma it replaces.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
@@ -32,7 +34,7 @@ MIN_LESION_VOXELS = 4  # a lesion smaller than this (after CSF sparing) is redra
 def tumour_geometry(rng, anat: Anatomy, vs: float):
     """Geometry of a tumour: list of components (dicts with sl, f, role, depth)."""
     shape = anat.brain.shape
-    diam = float(np.exp(rng.uniform(np.log(3.0), np.log(40.0))))
+    diam = math.exp(rng.uniform(math.log(3.0), math.log(40.0)))
     diam = max(diam, 2.5 * vs)
     cand = (anat.wm > 0.6) & anat.brain
     centre = fields.choose(rng, cand)
@@ -40,7 +42,7 @@ def tumour_geometry(rng, anat: Anatomy, vs: float):
         centre = fields.choose(rng, anat.brain)
     rot = fields.random_rotation(rng)
     semi = diam / 2.0 * rng.uniform(0.7, 1.3, 3)
-    semi *= diam / 2.0 / np.cbrt(np.prod(semi))  # equivalent-sphere diameter = diam
+    semi *= diam / 2.0 / fields.portable(np.cbrt, np.prod(semi))  # equivalent-sphere diameter = diam
     has_core = diam > 10.0 and rng.random() < 0.8
     core_ratio = rng.uniform(0.35, 0.7)
     necrotic = has_core and diam * core_ratio > 12.0 and rng.random() < 0.6
@@ -100,7 +102,7 @@ def lacune_fraction(rng, anat: Anatomy, diam: float, width: float):
         centre = fields.choose(rng, brain)
     rot = fields.random_rotation(rng)
     semi = diam / 2.0 * rng.uniform(0.6, 1.4, 3)
-    semi *= diam / 2.0 / np.cbrt(np.prod(semi))
+    semi *= diam / 2.0 / fields.portable(np.cbrt, np.prod(semi))
     irr = rng.uniform(0.1, 0.3)
     half = semi.max() * (1.0 + width / (2 * float(np.mean(semi)))) / (1 - irr) + 2 * vs
     sl = fields.box(centre, [half / vs] * 3, shape)
@@ -146,11 +148,11 @@ def wedge_fraction(rng, anat: Anatomy, surf, u, depth: float, theta: float, leng
     sl = fields.box(mid, [half / vs] * 3, anat.brain.shape)
     d = fields.local_mm(sl, apex, vs)
     sub = tuple(s.stop - s.start for s in sl)
-    noise = fields.smooth_fields(rng, sub, max(depth * np.tan(theta) / 2.0, 3.0) / vs, 2)
+    noise = fields.smooth_fields(rng, sub, max(depth * math.tan(theta) / 2.0, 3.0) / vs, 2)
     dist = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2).astype(np.float32)
     along = (np.float32(u[0]) * d[0] + np.float32(u[1]) * d[1]) + np.float32(u[2]) * d[2]
     cosang = along / np.maximum(dist, np.float32(1e-3))
-    ang = np.arccos(np.clip(cosang, -1.0, 1.0))
+    ang = fields.portable(np.arccos, np.clip(cosang, -1.0, 1.0))
     irr = rng.uniform(0.15, 0.35)
     th = np.float32(theta) * (1.0 + np.float32(irr) * np.tanh(noise[0]))
     # signed distances (mm) to the cone's side and to its far cap

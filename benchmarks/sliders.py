@@ -424,6 +424,8 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         w._table_timer.stop()
         w._refresh_table()
+        # the table comes from a worker: the timer counts as active until it is shown
+        wait(lambda: not w._table_timer.isActive(), "the lesion table")
         redraw()
         tables.append(time.perf_counter() - t)
         return out

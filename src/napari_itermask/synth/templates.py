@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from .._hash import sha256_file
+from .fields import portable
 
 __all__ = [
     "ANATOMIES",
@@ -67,7 +68,7 @@ ANATOMY_FILES = {
 }
 
 # Bump when the segmentation below changes: it is part of the cache key.
-_SEG_VERSION = "pvgmm-1"
+_SEG_VERSION = "pvgmm-2"  # 2: exp/log through fields.portable (the same fit on every CPU)
 _BIAS_ITERS = 3  # rounds of bias-field estimation before the final fit
 _BIAS_SIGMA_MM = 25.0  # the bias field is smooth on this scale (Gaussian sigma, mm)
 _SMOOTH_VOX = 0.6  # light smoothing of the fractions (Gaussian sigma, source voxels)
@@ -188,6 +189,14 @@ def to_isotropic(arrays, affine: np.ndarray):
 _PAIRS = ((0, 1), (1, 2))  # CSF/GM and GM/WM partial-volume classes
 
 
+def _exp(x):
+    return portable(np.exp, x)
+
+
+def _log(x):
+    return portable(np.log, x)
+
+
 def _log_density(x: np.ndarray, mu, sd) -> np.ndarray:
     """Log densities (n, 5): the three pure classes, then the two partial-volume classes.
 
@@ -200,7 +209,7 @@ def _log_density(x: np.ndarray, mu, sd) -> np.ndarray:
     for a, b in _PAIRS:
         s = 0.5 * (sd[a] + sd[b])
         d = special.ndtr((x - mu[a]) / s) - special.ndtr((x - mu[b]) / s)
-        cols.append(np.log(np.maximum(d, 1e-300)) - math.log(max(mu[b] - mu[a], 1e-12)))
+        cols.append(_log(np.maximum(d, 1e-300)) - math.log(max(mu[b] - mu[a], 1e-12)))
     return np.stack(cols, -1)
 
 
@@ -223,10 +232,10 @@ def fit_mixture(x: np.ndarray, *, bins: int = 512, iters: int = 500, tol: float 
     w = np.full(5, 0.2)
     prev = -np.inf
     for _ in range(iters):
-        lp = _log_density(c, mu, sd) + np.log(np.maximum(w, 1e-12))
+        lp = _log_density(c, mu, sd) + _log(np.maximum(w, 1e-12))
         m = lp.max(1, keepdims=True)
-        ll = m[:, 0] + np.log(np.exp(lp - m).sum(1))
-        r = np.exp(lp - ll[:, None]) * cw[:, None]
+        ll = m[:, 0] + _log(_exp(lp - m).sum(1))
+        r = _exp(lp - ll[:, None]) * cw[:, None]
         n = r.sum(0)
         w = n / n.sum()
         npure = np.maximum(n[:3], 1e-12)
@@ -245,9 +254,9 @@ def fit_mixture(x: np.ndarray, *, bins: int = 512, iters: int = 500, tol: float 
 
 def _fractions(x: np.ndarray, mu, sd, w) -> np.ndarray:
     """(n, 3) CSF/GM/WM fractions of intensities ``x`` under a fitted mixture (rows sum to 1)."""
-    lp = _log_density(x, mu, sd) + np.log(np.maximum(w, 1e-12))
+    lp = _log_density(x, mu, sd) + _log(np.maximum(w, 1e-12))
     lp -= lp.max(1, keepdims=True)
-    p = np.exp(lp)
+    p = _exp(lp)
     p /= p.sum(1, keepdims=True)
     f = p[:, :3].copy()
     for j, (a, b) in enumerate(_PAIRS):
@@ -274,14 +283,14 @@ def tissue_fractions(t1: np.ndarray, mask: np.ndarray, spacing, *, bias_iters: i
     sigma = _BIAS_SIGMA_MM / np.asarray(spacing, np.float64)
     logf = np.zeros(img.shape)
     for it in range(bias_iters + 1):
-        x = (img * np.exp(-logf))[mask]
+        x = (img * _exp(-logf))[mask]
         mu, sd, w = fit_mixture(x)
         if it == bias_iters:
             break
-        pure_wm = (_log_density(x, mu, sd) + np.log(np.maximum(w, 1e-12))).argmax(1) == 2
+        pure_wm = (_log_density(x, mu, sd) + _log(np.maximum(w, 1e-12))).argmax(1) == 2
         lr = np.zeros(img.shape)
         wt = np.zeros(img.shape)
-        lr[mask] = np.log(np.clip(img[mask] / mu[2], 0.7, 1.4))
+        lr[mask] = _log(np.clip(img[mask] / mu[2], 0.7, 1.4))
         wt[mask] = pure_wm
         sm = ndimage.gaussian_filter(lr * wt, sigma) / np.maximum(
             ndimage.gaussian_filter(wt, sigma), 1e-6)

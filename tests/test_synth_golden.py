@@ -88,10 +88,26 @@ def _dispatches_avx512() -> bool:
 
 @pytest.mark.skipif(not _dispatches_avx512(),
                     reason="numpy runs its AVX2 code here already: no second code path to compare")
-def test_a_cpu_without_avx512_draws_the_same_arrays():
+def test_a_cpu_without_avx512_draws_the_same_arrays(tmp_path):
     """numpy with its AVX-512 kernels switched off (what an AVX2 machine runs) draws the same
-    stroke and glioma cases: the ones whose lesions use arccos and cbrt, which differ there."""
-    picked = [GOLDEN[1], GOLDEN_STRATA[0], GOLDEN_STRATA[3]]
+    stroke and glioma cases (their lesions use arccos and cbrt, which differ there), and fits
+    the same MNI152 tissue fractions from scratch (the mixture fit's exp and log differ too)."""
+    import shutil
+
+    from napari_itermask.synth import templates
+
+    picked = [GOLDEN[1], GOLDEN_STRATA[0], GOLDEN_STRATA[3], GOLDEN_STRATA[2]]
+    # fresh anatomy folders without the fitted cache: this process and the child each fit MNI152
+    here, child = tmp_path / "here", tmp_path / "child"
+    for rel in templates.ANATOMY_FILES["mni152"].values():
+        src = templates.anatomy_dir() / rel
+        if not src.is_file():
+            pytest.skip("the MNI152 anatomy is not fetched (python -m training.data fetch)")
+        for folder in (here, child):
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, folder / rel)
+    fit = templates._from_t1("mni152", here)
+    fit_hash = hashlib.sha256(fit.gm.tobytes() + fit.wm.tobytes()).hexdigest()
     code = (
         "import sys, hashlib, json, numpy as np\n"
         "from napari_itermask import synth\n"
@@ -101,8 +117,12 @@ def test_a_cpu_without_avx512_draws_the_same_arrays():
         "    for x in (c.image, c.label, c.brain, c.affine):\n"
         "        h.update(np.ascontiguousarray(x).tobytes())\n"
         "    print(h.hexdigest())\n"
+        "from napari_itermask.synth import templates\n"
+        "t = templates._from_t1('mni152', templates.anatomy_dir())\n"
+        "print(hashlib.sha256(t.gm.tobytes() + t.wm.tobytes()).hexdigest())\n"
     )
-    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES="X86_V4")
+    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES="X86_V4", ITERMASK_ANATOMY_DIR=str(child))
     out = subprocess.run([sys.executable, "-c", code, json.dumps([[a, k] for a, k, _ in picked])],
                          env=env, capture_output=True, text=True, check=True, timeout=300)
-    assert out.stdout.split() == [e for _, _, e in picked]
+    assert out.stdout.split() == [e for _, _, e in picked] + [fit_hash]
+    assert list((child / "cache").glob("mni152-*.npz")), "the child did not fit MNI152 afresh"

@@ -56,6 +56,20 @@ def array_hash(case) -> str:
     return h.hexdigest()
 
 
+def tissue_hash(tissue) -> str:
+    return hashlib.sha256(tissue.gm.tobytes() + tissue.wm.tobytes()).hexdigest()
+
+
+def print_hashes(cases_json: str) -> None:
+    """Print the hash of each ``[args, kw]`` case, then that of MNI152's tissue fractions fitted
+    in the anatomy folder (what the child process of the CPU test runs)."""
+    from napari_itermask.synth import templates
+
+    for a, kw in json.loads(cases_json):
+        print(array_hash(synth.make_case(*a, **kw)))
+    print(tissue_hash(templates._from_t1("mni152", templates.anatomy_dir())))
+
+
 @pytest.mark.parametrize("args,kw,expected", GOLDEN, ids=[f"{a[0]}-{a[1]}" for a, _, _ in GOLDEN])
 def test_subtle_stratum_is_bit_identical(args, kw, expected):
     case = synth.make_case(*args, **kw)
@@ -106,23 +120,12 @@ def test_a_cpu_without_avx512_draws_the_same_arrays(tmp_path):
         for folder in (here, child):
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, folder / rel)
-    fit = templates._from_t1("mni152", here)
-    fit_hash = hashlib.sha256(fit.gm.tobytes() + fit.wm.tobytes()).hexdigest()
-    code = (
-        "import sys, hashlib, json, numpy as np\n"
-        "from napari_itermask import synth\n"
-        "for a, kw in json.loads(sys.argv[1]):\n"
-        "    c = synth.make_case(*a, **kw)\n"
-        "    h = hashlib.sha256()\n"
-        "    for x in (c.image, c.label, c.brain, c.affine):\n"
-        "        h.update(np.ascontiguousarray(x).tobytes())\n"
-        "    print(h.hexdigest())\n"
-        "from napari_itermask.synth import templates\n"
-        "t = templates._from_t1('mni152', templates.anatomy_dir())\n"
-        "print(hashlib.sha256(t.gm.tobytes() + t.wm.tobytes()).hexdigest())\n"
-    )
+    fit_hash = tissue_hash(templates._from_t1("mni152", here))
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); "
+            "import test_synth_golden; test_synth_golden.print_hashes(sys.argv[1])")
     env = dict(os.environ, NPY_DISABLE_CPU_FEATURES="X86_V4", ITERMASK_ANATOMY_DIR=str(child))
-    out = subprocess.run([sys.executable, "-c", code, json.dumps([[a, k] for a, k, _ in picked])],
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([[a, k] for a, k, _ in picked]),
+                          os.path.dirname(__file__)],
                          env=env, capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.split() == [e for _, _, e in picked] + [fit_hash]
     assert list((child / "cache").glob("mni152-*.npz")), "the child did not fit MNI152 afresh"

@@ -202,3 +202,53 @@ def test_calibrate_precision_bf16_records_both_and_evaluate_runs_each(tiny_val, 
     monkeypatch.setattr(prec_mod, "cpu_flags", lambda *a: set())
     with pytest.raises(SystemExit, match="no native bf16"):
         calibrate.main([*args, "-o", str(tmp_path / "x"), "--precision", "bf16"])
+
+
+@needs_bf16_kernels
+def test_add_precision_keeps_the_fp32_card_and_adds_bf16_only(tiny_val, tmp_path, native_bf16,
+                                                             monkeypatch):
+    from napari_itermask.models import load_bundle
+    from training import calibrate
+
+    src = save_bundle(_grid_bundle(seed=3), tmp_path / "src")
+    args = ["--val", str(tiny_val), "--name", "g", "--modality", "flair", "--threads", "1"]
+    # an fp32 calibration with non-default settings, as a published card has
+    calibrate.main(["--model", str(src), *args, "--max-slices", "4", "--tau-percentile", "70",
+                    "--fpr", "0.01", "--seed", "5", "--polarity", "bright",
+                    "-o", str(tmp_path / "f32")])
+    f32 = load_bundle(tmp_path / "f32")
+    calibrate.main(["--model", str(tmp_path / "f32"), *args, "--add-precision", "bf16",
+                    "-o", str(tmp_path / "both")])
+    both = load_bundle(tmp_path / "both")
+    before, after = f32.card.to_dict(), both.card.to_dict()
+    cal = after.pop("calibrations")["bf16"]
+    assert before.pop("calibrations") == {}
+    assert after == before  # weights, options, fp32 τ and threshold, default precision: unchanged
+    assert both.card.precision == "fp32"
+    # the bf16 calibration used the card's own settings, not calibrate's defaults
+    assert cal["tau_derivation"]["percentile"] == 70.0
+    td = cal["threshold_derivation"]
+    assert td["false_positive_rate"] == 0.01 and td["slices"] == 4 and td["seed"] == 5
+    assert td["precision"] == "bf16" and cal["tau_derivation"]["precision"] == "bf16"
+    # ... and gives what a full bf16 calibration with those settings gives
+    calibrate.main(["--model", str(src), *args, "--max-slices", "4", "--tau-percentile", "70",
+                    "--fpr", "0.01", "--seed", "5", "--polarity", "bright", "--precision",
+                    "bf16", "-o", str(tmp_path / "full")])
+    full = load_bundle(tmp_path / "full").card.calibrations["bf16"]
+    assert (cal["tau"], cal["threshold"]) == (full["tau"], full["threshold"])
+    # refused: other validation data, a run folder, a name that is not the card's
+    other = tmp_path / "other.npz"
+    from training.common import SliceSet
+
+    v = SliceSet.load(tiny_val)
+    SliceSet(v.x[:3], v.brain[:3], {**v.meta, "seeds": [1, 2]}).save(other)
+    with pytest.raises(SystemExit, match="not the data"):
+        calibrate.main(["--model", str(tmp_path / "f32"), *args[2:], "--val", str(other),
+                        "--add-precision", "bf16", "-o", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="goes with --model"):
+        calibrate.main(["--run", str(tmp_path), *args, "--add-precision", "bf16",
+                        "-o", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="must be its own"):
+        calibrate.main(["--model", str(tmp_path / "f32"), *args[:2], "--name", "other",
+                        *args[4:], "--add-precision", "bf16", "-o", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -14,6 +14,11 @@
   ``threshold``). ``--precision bf16`` calibrates both again, on the same slices and masks, with
   the networks in bf16 (``core.fuse``), records them in the card's ``calibrations["bf16"]`` and
   makes bf16 the model's default precision (``precision``); it needs a CPU with native bf16.
+  ``--model M --add-precision bf16`` leaves everything of ``M``'s card as it is (weights,
+  options, the fp32 τ and threshold) and only adds ``calibrations["bf16"]``, made with the
+  card's own settings (τ percentile, false-positive rate, rim, loop slices, seed) on the same
+  validation data as its fp32 calibration: a published model gains a bf16 path without a
+  single fp32 figure moving.
 
 Example:
   python -m training.calibrate --run runs/flair --val data/flair_val.npz --name flair \\
@@ -215,6 +220,11 @@ def build_parser():
                    help="bf16: also calibrate τ and the threshold with the networks in bf16 (on "
                         "the same slices) and make bf16 the model's default precision; needs a "
                         "CPU with native bf16 (fp32 is always calibrated)")
+    p.add_argument("--add-precision", choices=[q for q in PRECISIONS if q != "fp32"],
+                   default=None, metavar="PRECISION",
+                   help="with --model: keep the card as it is (fp32 τ and threshold, options, "
+                        "default precision) and only add a calibration in PRECISION, with the "
+                        "card's own settings on the same validation data")
     p.add_argument("--half", action="store_true", help="round weights to float16 (smaller)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -239,12 +249,14 @@ def main(argv=None) -> int:
             check_context_gap(args.context_gap)
         except ValueError as exc:
             raise SystemExit(f"--context-gap: {exc}") from None
-    if args.precision == "bf16" and not bf16_supported("cpu"):
-        raise SystemExit("--precision bf16: this CPU has no native bf16 instructions "
+    if "bf16" in (args.precision, args.add_precision) and not bf16_supported("cpu"):
+        raise SystemExit("bf16: this CPU has no native bf16 instructions "
                          "(avx512_bf16 or amx_bf16); calibrate on one that has")
     val = SliceSet.load(args.val)
     if val.label is not None and val.label.any():
         raise SystemExit("calibration takes healthy validation data only; this set has lesions")
+    if args.add_precision:
+        return add_precision(args, val)
     if args.model:
         if args.first_from:
             raise SystemExit("--first-from goes with --run, not --model")
@@ -300,12 +312,9 @@ def main(argv=None) -> int:
         "method": "percentile of squared error inside random training masks (masked net)",
         "polarity": args.polarity, "standardised": bool(args.standardise),
         "percentile": args.tau_percentile, "data": val.meta, "slices": len(val),
-        "precision": "fp32"}
+        "precision": "fp32", "seed": args.seed}
     log(f"tau = {bundle.card.tau:.5g} ({args.tau_percentile}th percentile)")
-    loop_val = val
-    if 0 < args.max_slices < len(val):
-        keep = np.linspace(0, len(val) - 1, args.max_slices).round().astype(int)
-        loop_val = SliceSet(val.x[keep], val.brain[keep], val.meta)
+    loop_val = loop_subset(val, args.max_slices)
     thr, state = calibrate_threshold(bundle, loop_val, args.fpr, args.seed)
     bundle.card.threshold = thr
 
@@ -316,7 +325,7 @@ def main(argv=None) -> int:
             "slices": len(loop_val),
             "mean_iterations": float(state.iterations.mean()),
             "first_step": bundle.card.first_step, "context_gap": bundle.card.context_gap,
-            "precision": precision}
+            "precision": precision, "seed": args.seed}
 
     bundle.card.threshold_derivation = derivation(state, "fp32")
     log(f"threshold = {thr:.5g} (healthy FPR {args.fpr}); mean iterations "
@@ -333,6 +342,52 @@ def main(argv=None) -> int:
         bundle.card.precision = p
         log(f"{p}: tau = {tau_p:.5g}, threshold = {thr_p:.5g}; mean iterations "
             f"{state_p.iterations.mean():.1f}")
+    save_bundle(bundle, args.output, overwrite=args.overwrite)
+    log(f"wrote bundle {args.output}")
+    return 0
+
+
+def loop_subset(val: SliceSet, n: int) -> SliceSet:
+    """The ``n`` evenly spaced slices of ``val`` that the threshold's full loop runs on (all of
+    them when ``n`` is 0 or not smaller than the set)."""
+    if not 0 < n < len(val):
+        return val
+    keep = np.linspace(0, len(val) - 1, n).round().astype(int)
+    return SliceSet(val.x[keep], val.brain[keep], val.meta)
+
+
+def add_precision(args, val: SliceSet) -> int:
+    """``--add-precision``: the card's calibration repeated in another precision, nothing else
+    changed (see the module's docstring)."""
+    if not args.model:
+        raise SystemExit("--add-precision goes with --model (an existing, calibrated bundle)")
+    p = args.add_precision
+    bundle = load_bundle(args.model)
+    card = bundle.card
+    if card.modality != args.modality or card.name != args.name:
+        raise SystemExit(f"--add-precision keeps the card: --name/--modality must be its own "
+                         f"({card.name}, {card.modality})")
+    td, hd = card.tau_derivation or {}, card.threshold_derivation or {}
+    data = hd.get("data") or td.get("data")
+    if data is not None and data.get("seeds") != val.meta.get("seeds"):
+        raise SystemExit(f"--val {args.val} is not the data of {args.model}'s fp32 calibration "
+                         f"(seeds {data.get('seeds')}); the two precisions must see the same")
+    if td.get("slices") not in (None, len(val)):
+        raise SystemExit(f"--val has {len(val)} slices; {args.model}'s τ was calibrated on "
+                         f"{td['slices']}")
+    seed = int(hd.get("seed", td.get("seed", args.seed)))
+    percentile = float(td.get("percentile", args.tau_percentile))
+    fpr = float(hd.get("false_positive_rate", args.fpr))
+    loop_val = loop_subset(val, int(hd.get("slices", args.max_slices)))
+    tau_p = calibrate_tau(bundle, val, percentile, seed, precision=p)
+    thr_p, state = calibrate_threshold(bundle, loop_val, fpr, seed, precision=p, tau=tau_p)
+    card.calibrations = {**card.calibrations, p: {
+        "tau": tau_p, "threshold": thr_p,
+        "tau_derivation": {**td, "precision": p, "seed": seed},
+        "threshold_derivation": {**hd, "slices": len(loop_val), "precision": p, "seed": seed,
+                                 "mean_iterations": float(state.iterations.mean())}}}
+    log(f"{p}: tau = {tau_p:.5g} (fp32 {card.tau:.5g}), threshold = {thr_p:.5g} "
+        f"(fp32 {card.threshold:.5g}); mean iterations {state.iterations.mean():.1f}")
     save_bundle(bundle, args.output, overwrite=args.overwrite)
     log(f"wrote bundle {args.output}")
     return 0

@@ -151,7 +151,7 @@ def test_threshold_range_is_measured_once_per_error_map(qt):
     assert panel._error_max(other) == pytest.approx(23.0) and CountingMap.calls == 2
 
 
-def test_a_mask_frame_is_shown_without_copying_the_volume(viewer):
+def test_preview_layers_are_updated_in_place_and_own_their_arrays(viewer):
     from types import SimpleNamespace
 
     from napari_itermask._plugin.presenter import LayerPresenter
@@ -159,14 +159,33 @@ def test_a_mask_frame_is_shown_without_copying_the_volume(viewer):
     src = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="scan")
     sess = SimpleNamespace(source=src, layers={}, shown_step=None)
     presenter = LayerPresenter(viewer)
-    mask = np.zeros((4, 5, 6), bool)
-    mask[1:3, 2:4, 1:5] = True
-    layer = presenter.show_mask(sess, mask)
+    masks = [np.zeros((4, 5, 6), bool) for _ in range(3)]
+    masks[0][1:3, 2:4, 1:5] = True
+    masks[1][2, 2, 2] = True  # the next iterations' (smaller) masks
+    masks[2][2, 3, 3] = True
+    layer = presenter.show_mask(sess, masks[0])
     assert sess.layers["mask"] is layer and layer.data.dtype == np.uint8
-    np.testing.assert_array_equal(np.asarray(layer.data), mask.astype(np.uint8))
-    later = np.zeros_like(mask)
-    later[2, 2, 2] = True  # the next iteration's (smaller) mask
-    presenter.show_mask(sess, later)
-    assert sess.layers["mask"] is layer  # the same layer, new data
-    assert np.shares_memory(np.asarray(layer.data), later)  # the worker's array, no copy
-    np.testing.assert_array_equal(np.asarray(layer.data), later.astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(layer.data), masks[0].astype(np.uint8))
+    presenter.show_mask(sess, masks[1])
+    own = layer.data
+    assert sess.layers["mask"] is layer  # the same layer, new data, an array of its own
+    assert not np.shares_memory(np.asarray(own), masks[1])
+    np.testing.assert_array_equal(np.asarray(own), masks[1].astype(np.uint8))
+    # later frames are copied into that array: no data event (napari's setter would emit one
+    # and recompute every layer's extent), and the slice on screen is the new one
+    seen = []
+    layer.events.data.connect(lambda e: seen.append(e))
+    viewer.dims.set_point(0, 2)
+    presenter.show_mask(sess, masks[2])
+    assert layer.data is own and seen == []
+    np.testing.assert_array_equal(np.asarray(own), masks[2].astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), masks[2][2].astype(np.uint8))
+    # painting on the layer never writes into the caller's array
+    own[0, 0, 0] = 7
+    assert not masks[2][0, 0, 0]
+    # an array the layer was given by someone else is replaced through the setter, not written
+    foreign = np.zeros((4, 5, 6), np.uint8)
+    layer.data = foreign
+    presenter.show_mask(sess, masks[1])
+    assert not foreign.any() and layer.data is not foreign
+    np.testing.assert_array_equal(np.asarray(layer.data), masks[1].astype(np.uint8))

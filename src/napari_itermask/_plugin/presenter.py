@@ -13,6 +13,7 @@ is never left selected (so one does not paint on it by accident).
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import numpy as np
@@ -84,6 +85,8 @@ class LayerPresenter:
 
     def __init__(self, viewer):
         self._viewer = unwrap(viewer)
+        # id(layer) → the array this presenter gave that layer as its own (weakly held)
+        self._buffers: dict[int, weakref.ref] = {}
 
     def layer(self, sess, role: str):
         layer = sess.layers.get(role)
@@ -104,16 +107,40 @@ class LayerPresenter:
             # keep the source selected: the preview layers are not what one edits
             self._viewer.layers.selection.active = sess.source
         else:
-            layer.data = data
+            self._update(layer, data)
         return layer
+
+    def _update(self, layer, data) -> None:
+        """New data for an existing preview layer, shown as fast as napari allows.
+
+        napari's data setter also recomputes every layer's extent and the viewer's dims (tens
+        of milliseconds per slider move on a clinical volume, for a shape that did not change).
+        So the first update gives the layer an array of its own, and later updates of the same
+        shape and dtype are copied into it and the view re-sliced; anything else (another
+        shape, a layer whose data someone else replaced) goes through the setter. The layer
+        never shares memory with the caller's array: results and cached error maps stay
+        untouched by what is shown or painted."""
+        ref = self._buffers.get(id(layer))
+        own = ref() if ref is not None else None
+        data = np.asarray(data)
+        if (own is not None and layer.data is own and own.shape == data.shape
+                and np.can_cast(data.dtype, own.dtype, "safe")):
+            np.copyto(own, data)
+            layer.refresh(extent=False)
+            return
+        layer.data = np.array(data, copy=True)
+        own = layer.data  # napari may have converted it (e.g. bool labels to integers)
+        if isinstance(own, np.ndarray) and not np.may_share_memory(own, data):
+            self._buffers[id(layer)] = weakref.ref(own)
 
     @staticmethod
     def _on_painted(sess, *_):
         sess.preview_edited = True
 
     def show_mask(self, sess, mask):
-        """Show a mask (scan grid) in the session's mask layer. A boolean mask is shown as its
-        own bytes (0/1), so the GUI thread copies nothing: the worker made the array."""
+        """Show a mask (scan grid) in the session's mask layer. A boolean mask is read as its
+        own bytes (0/1), so the GUI thread converts nothing: it copies them into the layer's
+        array (``_update``)."""
         mask = np.asarray(mask)
         mask = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, copy=False)
         return self.show(sess, "mask", mask, "labels", opacity=0.3,

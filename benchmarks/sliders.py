@@ -5,7 +5,8 @@ clinical size and a real run (bundled ``flair`` by default, ``--max-iter`` itera
 the widget's Run button. Then, in interleaved rounds, each path (``today``: the code before the
 sliders work, put back for the round; ``sync``: the package with only its review workers put
 back as they were, the mask shown with the maps and every result computed on the GUI thread;
-``new``: the package as it is) is driven the way a user drives it:
+``setter``: the package with its preview layers updated through napari's data setter, as before
+session 17; ``new``: the package as it is) is driven the way a user drives it:
 
 - ``threshold``: the threshold slider moved step by step over a range around the calibrated
   value (minimum size 0), and ``threshold, min size``: the same with a minimum lesion size
@@ -219,13 +220,27 @@ def _today_patches():
     return patches + _sync_patches()
 
 
+def _setter_patches():
+    """The preview layers updated through napari's data setter, as before session 17 (the
+    package's ``LayerPresenter._update`` copies into the layer's own array instead)."""
+    from napari_itermask._plugin import presenter
+
+    def update(self, layer, data):
+        layer.data = data
+
+    return [(presenter.LayerPresenter, "_update", update)]
+
+
 class Paths:
     """Switches between today's functions, the package's own but for its review workers
-    (``sync``) and the package's own (``new``), by patching attributes."""
+    (``sync``), the package's own but for its in-place layer updates (``setter``) and the
+    package's own (``new``), by patching attributes."""
 
     def __init__(self):
-        self._sets = {"today": _today_patches(), "sync": _sync_patches()}
-        self._new = [(obj, name, obj.__dict__[name]) for obj, name, _ in self._sets["today"]]
+        self._sets = {"today": _today_patches(), "sync": _sync_patches(),
+                      "setter": _setter_patches()}
+        names = {(obj, name) for patches in self._sets.values() for obj, name, _ in patches}
+        self._new = [(obj, name, obj.__dict__[name]) for obj, name in names]
 
     def use(self, which: str) -> None:
         for obj, name, fn in self._new:
@@ -314,8 +329,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-size", type=int, default=20,
                    help="minimum lesion size (voxels) of the 'threshold, min size' rows")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--paths", default="today,sync,new",
-                   help="today, sync, new (comma-separated; see above)")
+    p.add_argument("--paths", default="today,sync,setter,new",
+                   help="today, sync, setter, new (comma-separated; see above)")
     p.add_argument("--actions", default="threshold,min size,iteration,frame",
                    help="which actions to time (comma-separated)")
     p.add_argument("--core", action="store_true",

@@ -90,6 +90,7 @@ def bundle_from_run(run: Path, name: str, modality: str, preset: str | None = No
     card.min_brain_pixels = int(meta.get("min_brain_pixels", card.min_brain_pixels))
     card.frequency_radius = radius
     card.masked_guidance = guided
+    card.context_slices = int(extras["masked"].get("context_slices") or 0)
     trained = extras["masked"].get("radius_range")
     if trained:  # schedule over the whole trained range until calibrate chooses another
         card.radius_conditioning = RadiusConditioning(
@@ -124,6 +125,10 @@ def masked_errors(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: in
     scale = error_scale(val.x, val.brain, cfg)
     rng = np.random.default_rng(seed)
     sampler = MaskSampler(size=val.x.shape[-1])
+    k = int(getattr(bundle.card, "context_slices", 0))
+    if k and val.context_slices != k:
+        raise SystemExit(f"{bundle.card.name} is a 2.5-D model ({k} neighbours per side): "
+                         f"--val needs data prepared with --context-slices {k}")
     errs, masks, starts = [], [], []
     with torch.inference_mode():
         for _ in range(n_masks):
@@ -132,7 +137,12 @@ def masked_errors(bundle: ModelBundle, val: SliceSet, seed: int = 0, n_masks: in
                 m = torch.from_numpy(sampler.sample_batch(val.brain[i:i + batch], rng))[:, None]
                 eps = torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
                 br = torch.from_numpy(val.brain[i:i + batch])[:, None]
-                out = net(masked_net_input(x, m, eps, br, cfg))
+                nb = None
+                if k:  # the slice's stored neighbours, hidden under its mask
+                    cx = val.context[i:i + batch]
+                    nb = (torch.from_numpy(cx), torch.from_numpy(val.context_brain[i:i + batch]),
+                          torch.from_numpy(rng.standard_normal(cx.shape).astype(np.float32)))
+                out = net(masked_net_input(x, m, eps, br, cfg, neighbours=nb))
                 e = squared_error(x, out, bundle.card.error_polarity)[:, 0].numpy()
                 errs.append(e if scale is None else e / scale[i:i + batch])
                 masks.append(m[:, 0].numpy())
@@ -165,7 +175,12 @@ def calibrate_threshold(bundle: ModelBundle, val: SliceSet, fpr: float, seed: in
     and ``tau`` (None: the card's fp32 τ)."""
     cfg = engine_config(bundle.card, seed=seed, tau=tau, precision="fp32")
     f1, f = bundle.nets(precision)
-    state, _ = run_to_end(val.x, val.brain, f1, f, cfg)
+    if cfg.context_slices and val.context_slices != cfg.context_slices:
+        raise SystemExit(f"{bundle.card.name} is a 2.5-D model ({cfg.context_slices} neighbours "
+                         f"per side): --val needs data prepared with --context-slices "
+                         f"{cfg.context_slices}")
+    context = (val.context, val.context_brain) if cfg.context_slices else None
+    state, _ = run_to_end(val.x, val.brain, f1, f, cfg, context=context)
     thr = threshold_from_healthy(state.error, inner_region(val.brain, cfg.rim), fpr)
     return thr, state
 
@@ -353,7 +368,7 @@ def loop_subset(val: SliceSet, n: int) -> SliceSet:
     if not 0 < n < len(val):
         return val
     keep = np.linspace(0, len(val) - 1, n).round().astype(int)
-    return SliceSet(val.x[keep], val.brain[keep], val.meta)
+    return val.take(keep)
 
 
 def add_precision(args, val: SliceSet) -> int:

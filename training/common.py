@@ -38,6 +38,22 @@ class SliceSet:
     meta: dict
     label: np.ndarray | None = None  # (M, G, G) bool, for lesion sets
     volume_id: np.ndarray | None = None  # (M,) int: which volume each slice came from
+    # 2.5-D: (M, 2K, G, G) the K axial neighbours per side of each slice in
+    # ``core.context_slices.context_offsets`` order, and their brains; zeros / False beyond the
+    # volume (``prepare --context-slices K``)
+    context: np.ndarray | None = None
+    context_brain: np.ndarray | None = None
+
+    @property
+    def context_slices(self) -> int:
+        return 0 if self.context is None else self.context.shape[1] // 2
+
+    def take(self, idx) -> "SliceSet":
+        """The slices ``idx`` (an index array), with their labels, volumes and context."""
+        def pick(a):
+            return None if a is None else a[idx]
+        return SliceSet(self.x[idx], self.brain[idx], self.meta, pick(self.label),
+                        pick(self.volume_id), pick(self.context), pick(self.context_brain))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -53,6 +69,9 @@ class SliceSet:
             arrays["label"] = np.packbits(self.label, axis=-1)
         if self.volume_id is not None:
             arrays["volume_id"] = self.volume_id.astype(np.int32)
+        if self.context is not None:
+            arrays["context"] = self.context.astype(np.float16)
+            arrays["context_brain"] = np.packbits(self.context_brain, axis=-1)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
@@ -69,9 +88,12 @@ class SliceSet:
             label = (np.unpackbits(z["label"], axis=-1, count=g).astype(bool)
                      if "label" in z else None)
             vid = z["volume_id"] if "volume_id" in z else None
+            ctx = z["context"].astype(np.float32) if "context" in z else None
+            ctx_brain = (np.unpackbits(z["context_brain"], axis=-1, count=g).astype(bool)
+                         if "context" in z else None)
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return cls(x, brain, meta, label, vid)
+        return cls(x, brain, meta, label, vid, ctx, ctx_brain)
 
 
 def log(msg: str) -> None:

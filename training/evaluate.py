@@ -56,6 +56,7 @@ import torch
 from napari_itermask import synth
 from napari_itermask.core.calibration import threshold_from_healthy
 from napari_itermask.core.engine import SKIPPED, IterationState
+from napari_itermask.core.net_input import neighbour_slices
 from napari_itermask.core.engine import run as run_loop
 from napari_itermask.core.metrics import (
     best_threshold_dice,
@@ -152,16 +153,21 @@ def slice_loop(bundle, vol, k: int, seed: int = 0, precision: str | None = None
     """The bundle's shrink loop on model-grid slice ``k`` of ``vol`` alone: (first, last) state.
 
     ``vol`` is the whole prepared volume (normalised as a whole, exactly as the pipeline does
-    for a scan); only slice ``k`` runs, under its own slice id, so its noise — and its result —
+    for a scan); only slice ``k`` runs (a 2.5-D model's: with its neighbours), under its own
+    slice id, so its noise — and its result —
     are those of a run on the full volume (the engine's results do not depend on batching).
     A slice the engine skips (too little brain) gets a zero error map and its own image.
     ``precision`` (None: the card's) chooses the networks' arithmetic and the calibrated τ.
     """
     first = last = None
     precision = precision or bundle.card.precision
+    # a 2.5-D model's slice sees its neighbours in the volume (their images only: what it gets
+    # in a run on the whole volume)
+    c = int(getattr(bundle.card, "context_slices", 0))
+    context = neighbour_slices(vol.x, vol.brain, c, idx=[k]) if c else None
     for st in run_loop(vol.x[k:k + 1], vol.brain[k:k + 1], *bundle.nets(precision),
                        engine_config(bundle.card, seed=seed, precision=precision),
-                       slice_ids=[k]):
+                       slice_ids=[k], context=context):
         first = st if first is None else first
         last = st
     if last is None:

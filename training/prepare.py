@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_itermask.core.context_slices import check_context_slices
 from napari_itermask.core.metrics import CENTRAL_SLAB, slab_slices
+from napari_itermask.core.net_input import neighbour_slices
 from napari_itermask.models import ModelCard
 from napari_itermask.names import is_nifti
 from napari_itermask.volume import load_scan, scan_from_array, to_model_grid
@@ -51,6 +53,20 @@ def _keep(vol, min_brain: int, exclude=None, slab: str = "all"):
     return np.nonzero(keep)[0]
 
 
+def neighbours(vol, idx, k: int):
+    """(context, context brains), each (len(idx), 2k, G, G): the model-grid slices at the
+    ``context_offsets(k)`` of each kept slice, whether or not they were kept themselves (the
+    loop's neighbours are the scan's slices too); zeros / False beyond the volume. (None, None)
+    for k = 0."""
+    if not k:
+        return None, None
+    return neighbour_slices(vol.x, vol.brain, k, idx=idx)
+
+
+def _stack(parts):
+    return None if not parts or parts[0] is None else np.concatenate(parts)
+
+
 def slab_meta(slab: str):
     """How the slices were selected, for the data description in the model card."""
     return list(CENTRAL_SLAB) if slab == "central" else "all"
@@ -64,7 +80,7 @@ def from_synth(modality: str, seeds, args, *, lesions: bool = False) -> SliceSet
     bad = [a for a in anatomies if a not in synth.ANATOMIES]
     if not anatomies or bad:
         raise SystemExit(f"--anatomies must name some of {', '.join(synth.ANATOMIES)}")
-    xs, bs, ls, vids = [], [], [], []
+    xs, bs, ls, vids, cxs, cbs = [], [], [], [], [], []
     for i, seed in enumerate(seeds):
         anatomy = anatomies[i % len(anatomies)]
         case = synth.make_case(modality, seed, n_lesions=None if lesions else 0,
@@ -76,6 +92,8 @@ def from_synth(modality: str, seeds, args, *, lesions: bool = False) -> SliceSet
         xs.append(vol.x[idx])
         bs.append(vol.brain[idx])
         vids.append(np.full(len(idx), i))
+        cx, cb = neighbours(vol, idx, args.context_slices)
+        cxs.append(cx), cbs.append(cb)
         if lesions:
             lab = vol.geometry.to_model(case.label.astype(np.float32), order=1) > 0.5
             ls.append(lab[idx] & vol.brain[idx])
@@ -83,27 +101,31 @@ def from_synth(modality: str, seeds, args, *, lesions: bool = False) -> SliceSet
     meta = {"source": "synth", "modality": modality, "seeds": list(map(int, seeds)),
             "voxel_size": args.voxel_size, "lesions": lesions, **grid_kwargs(args),
             "min_brain_pixels": args.min_brain, "anatomies": anatomies,
-            "slices": slab_meta(args.slab)}
+            "slices": slab_meta(args.slab), "context_slices": args.context_slices}
     if lesions:
         meta["stratum"] = args.stratum
     return SliceSet(np.concatenate(xs), np.concatenate(bs), meta,
-                    np.concatenate(ls) if lesions else None, np.concatenate(vids))
+                    np.concatenate(ls) if lesions else None, np.concatenate(vids),
+                    _stack(cxs), _stack(cbs))
 
 
 def from_folder(folder: Path, args) -> SliceSet:
     files = sorted(p for p in folder.iterdir() if is_nifti(p))
     if not files:
         raise SystemExit(f"no NIfTI files in {folder}")
-    xs, bs, vids = [], [], []
+    xs, bs, vids, cxs, cbs = [], [], [], [], []
     for i, f in enumerate(files):
         vol = to_model_grid(load_scan(f), **grid_kwargs(args))
         idx = _keep(vol, args.min_brain, slab=args.slab)
         xs.append(vol.x[idx]), bs.append(vol.brain[idx]), vids.append(np.full(len(idx), i))
+        cx, cb = neighbours(vol, idx, args.context_slices)
+        cxs.append(cx), cbs.append(cb)
         log(f"{f.name}: {len(idx)} slices")
     meta = {"source": "folder", "folder": str(folder), "files": [f.name for f in files],
             **grid_kwargs(args), "min_brain_pixels": args.min_brain,
-            "slices": slab_meta(args.slab)}
-    return SliceSet(np.concatenate(xs), np.concatenate(bs), meta, None, np.concatenate(vids))
+            "slices": slab_meta(args.slab), "context_slices": args.context_slices}
+    return SliceSet(np.concatenate(xs), np.concatenate(bs), meta, None, np.concatenate(vids),
+                    _stack(cxs), _stack(cbs))
 
 
 def from_brats(folder: Path, modality: str, args) -> SliceSet:
@@ -114,7 +136,7 @@ def from_brats(folder: Path, modality: str, args) -> SliceSet:
         raise SystemExit(f"no BraTS case folders in {folder}")
     if args.limit:
         cases = cases[: args.limit]
-    xs, bs, vids = [], [], []
+    xs, bs, vids, cxs, cbs = [], [], [], [], []
     for i, case in enumerate(cases):
         img = case / f"{case.name}_{modality}.nii.gz"
         seg = case / f"{case.name}_seg.nii.gz"
@@ -128,13 +150,17 @@ def from_brats(folder: Path, modality: str, args) -> SliceSet:
         has_tumour = t_model.reshape(len(t_model), -1).any(1)
         idx = _keep(vol, args.min_brain, exclude=has_tumour, slab=args.slab)
         xs.append(vol.x[idx]), bs.append(vol.brain[idx]), vids.append(np.full(len(idx), i))
+        cx, cb = neighbours(vol, idx, args.context_slices)  # neighbours may hold tumour
+        cxs.append(cx), cbs.append(cb)
         log(f"{case.name}: {len(idx)} tumour-free slices")
     if not xs:
         raise SystemExit("no usable BraTS cases")
     meta = {"source": "brats", "folder": str(folder), "modality": modality,
             "cases": [c.name for c in cases], **grid_kwargs(args),
-            "min_brain_pixels": args.min_brain, "slices": slab_meta(args.slab)}
-    return SliceSet(np.concatenate(xs), np.concatenate(bs), meta, None, np.concatenate(vids))
+            "min_brain_pixels": args.min_brain, "slices": slab_meta(args.slab),
+            "context_slices": args.context_slices}
+    return SliceSet(np.concatenate(xs), np.concatenate(bs), meta, None, np.concatenate(vids),
+                    _stack(cxs), _stack(cbs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,11 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalisation", default=DEFAULTS.normalisation, choices=["p90", "zscore"])
     p.add_argument("--min-brain", type=int, default=DEFAULTS.min_brain_pixels,
                    help="minimum brain pixels for a slice to be kept")
+    p.add_argument("--context-slices", type=int, default=0, metavar="K",
+                   help="also store each slice's K axial neighbours per side, for a 2.5-D "
+                        "masked net (train --context-slices K)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        check_context_slices(args.context_slices)
+    except ValueError as exc:
+        raise SystemExit(f"--context-slices: {exc}") from None
     if args.source == "synth":
         ds = from_synth(args.modality, split_seeds(args.split, args.n), args,
                         lesions=args.lesions)

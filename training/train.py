@@ -36,7 +36,8 @@ from torch.nn import functional as F
 from napari_itermask.core.conditioning import RadiusConditioning
 from napari_itermask.core.frequency import high_pass, high_pass_radii
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.core.net_input import masked_channels, masked_input
+from napari_itermask.core.net_input import (check_context_slices, masked_channels, masked_input,
+                                            shared_mask_context)
 from napari_itermask.core.precision import PRECISIONS, usable_precision
 from napari_itermask import allocator, synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters
@@ -67,8 +68,17 @@ class Batcher:
     def __init__(self, data: SliceSet, net: str, sampler: MaskSampler, radius: float,
                  seed: int, augment: bool = False, guidance: bool = True,
                  leftover_prob: float = 0.0, dae_noise: str = "both",
-                 radius_range: tuple[float, float] | None = None):
+                 radius_range: tuple[float, float] | None = None, context_slices: int = 0):
         self.data, self.net, self.sampler, self.radius = data, net, sampler, radius
+        # 2.5-D: the masked net also sees the slice's stored neighbours under its mask
+        self.context_slices = context_slices if net == "masked" else 0
+        if self.context_slices and data.context_slices != self.context_slices:
+            raise SystemExit(f"--context-slices {context_slices}: the data hold "
+                             f"{data.context_slices} neighbours per side (prepare "
+                             f"--context-slices {context_slices})")
+        if self.context_slices and (augment or leftover_prob):
+            raise SystemExit("--context-slices does not go with --augment or --leftover-prob "
+                             "(they change the slice, not its neighbours)")
         # radius conditioning: each masked sample's x_f is cut at a whole radius drawn uniformly
         # from this range, and the net is told its level (core.net_input)
         self.conditioning = (None if radius_range is None else
@@ -125,6 +135,12 @@ class Batcher:
             return high_pass(xt, self.radius), xt
         masks = torch.from_numpy(self.sampler.sample_batch(brain, self.rng))[:, None]
         eps = torch.from_numpy(self.rng.standard_normal(x.shape).astype(np.float32))[:, None]
+        ctx = None
+        if self.context_slices:
+            cx = self.data.context[idx]
+            ctx = shared_mask_context(
+                torch.from_numpy(cx), torch.from_numpy(self.data.context_brain[idx]), masks,
+                torch.from_numpy(self.rng.standard_normal(cx.shape).astype(np.float32)))
         rc, level = self.conditioning, None
         if rc is None:
             xf = high_pass(xt, self.radius)
@@ -133,7 +149,7 @@ class Batcher:
             radii = self.rng.integers(lo, hi + 1, size=len(x)).astype(float).tolist()
             xf = high_pass_radii(xt[:, 0], radii)[:, None]
             level = torch.tensor([rc.level(r) for r in radii])
-        return masked_input(xt, masks, eps, xf, self.guidance, level), xt
+        return masked_input(xt, masks, eps, xf, self.guidance, level, ctx), xt
 
 
 
@@ -211,10 +227,10 @@ def load_checkpoint(path: Path) -> dict:
 
 def evaluate_loss(model, data: SliceSet, net: str, sampler, radius: float, device,
                   n: int = 64, seed: int = 12345, guidance: bool = True,
-                  dae_noise: str = "both", radius_range=None) -> float:
+                  dae_noise: str = "both", radius_range=None, context_slices: int = 0) -> float:
     """Validation loss on a fixed draw of slices and masks (the same every time)."""
     b = Batcher(data, net, sampler, radius, seed, guidance=guidance, dae_noise=dae_noise,
-                radius_range=radius_range)
+                radius_range=radius_range, context_slices=context_slices)
     model.eval()
     losses = []
     with torch.no_grad():
@@ -318,7 +334,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         model = build_baseline(net, args.preset).to(device)
     else:
         model = build_unet(args.preset, 1 if net == "first" else
-                           masked_channels(args.radius_range is not None)).to(device)
+                           masked_channels(args.radius_range is not None,
+                                           args.context_slices)).to(device)
     # channels-last convolutions: ~1.4x faster training steps on these CPUs (oneDNN)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -364,7 +381,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     batcher = Batcher(train, net, sampler, args.radius, seed=args.seed * 7919 + step + 104729 * rank,
                       augment=args.augment, guidance=not args.no_guidance,
                       leftover_prob=args.leftover_prob, dae_noise=args.dae_noise,
-                      radius_range=radius_range)
+                      radius_range=radius_range, context_slices=args.context_slices)
     log_path = out / f"{net}_log.csv"
     new_log = not log_path.exists() or step == 0
     if not new_log:  # rows after the checkpoint's step were trained again: drop the old ones
@@ -391,7 +408,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
              "masked_guidance": not args.no_guidance, "init_from": args.init_from,
              "lr": lr, "world": world, "dae_noise": args.dae_noise if net == "dae" else None,
              "precision": args.precision, "compile": bool(args.compile),
-             "radius_range": list(radius_range) if radius_range else None}
+             "radius_range": list(radius_range) if radius_range else None,
+             "context_slices": args.context_slices if net == "masked" else 0}
 
     def ledger(step_now: int) -> dict:
         run_cpu = time.process_time() - cpu0
@@ -415,7 +433,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         if rank == 0 and val is not None and (step % args.val_every == 0 or step == steps):
             vl = evaluate_loss(model, val, net, sampler, args.radius, device,
                                guidance=not args.no_guidance, dae_noise=args.dae_noise,
-                               radius_range=radius_range)
+                               radius_range=radius_range, context_slices=args.context_slices)
             val_loss = f"{vl:.6f}"
         if rank == 0:
             writer.writerow([step, f"{loss.item():.6f}", val_loss, f"{cur_lr:.3g}",
@@ -463,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="radius-conditioned masked net: x_f cut at a radius drawn per sample "
                         "from LO..HI, given to the net as a third channel (docs/method.md §14)")
+    p.add_argument("--context-slices", type=int, default=0, metavar="K",
+                   help="2.5-D masked net: it also sees K axial neighbours per side under the "
+                        "slice's mask (data from prepare --context-slices K; docs/method.md §18)")
     p.add_argument("--no-guidance", action="store_true",
                    help="ablation '-freq': the masked net gets zeros instead of x_f")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curves)")
@@ -483,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        check_context_slices(args.context_slices)
+    except ValueError as exc:
+        raise SystemExit(f"--context-slices: {exc}") from None
     allocator.tune()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -61,6 +61,14 @@ only when both agree. The blobs are drawn from (seed, slice): ``blob_partition``
 that many pixels within the brain (``hole``); only the mask's own pixels are judged against τ.
 Pixels just unmasked next to the mask — the eroded rim of a lesion — then stop serving as
 context from which the net paints the rest of the lesion back in (docs/method.md §17).
+
+``context_slices`` K (a project option, 0 in the paper; ``net_input``): the masked net also sees
+the K axial neighbours on each side, hidden under the slice's own mask (carried through each
+neighbour's brain) with noise of their own (``neighbour_noise``): the same rule as in training.
+A slice's input thus depends on its own mask and its neighbours' intensities only, so a slice
+run with its neighbours' images alone gets what it gets in the whole scan. Neighbours are given
+(``context``) or found by slice id ± offset among the slices (the pipeline's ids are the scan's
+axial indices; a missing one is zeros) (docs/method.md §18).
 """
 
 from __future__ import annotations
@@ -75,8 +83,9 @@ import torch
 from .frequency import high_pass, high_pass_radii
 from .conditioning import RadiusConditioning
 from .context_gap import check_context_gap
+from .context_slices import check_context_slices
 from .first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
-from .net_input import masked_input
+from .net_input import masked_input, neighbour_slices, shared_mask_context
 from .residual import ResidualScale
 from .segmentation import POLARITIES, inner_region, smooth_within, squared_error
 
@@ -87,6 +96,7 @@ __all__ = [
     "run",
     "run_to_end",
     "masked_net_input",
+    "neighbour_noise",
     "hole",
     "error_scale",
     "reconstruct_at",
@@ -125,6 +135,7 @@ class EngineConfig:
     first_step: str = "f1"  # f1 (the paper), complementary (masked net on blob masks), both
     complementary_masks: int = 3  # blob masks of the complementary first step
     context_gap: int = 0  # px around the mask also hidden from the masked net; 0 = the paper
+    context_slices: int = 0  # axial neighbours per side the masked net sees (2.5-D); 0 = paper
 
     def __post_init__(self):
         if not 0.0 <= self.first_unmask < 1.0:
@@ -144,6 +155,9 @@ class EngineConfig:
         if self.first_step not in FIRST_STEPS:
             raise ValueError(f"first_step must be one of {', '.join(FIRST_STEPS)}")
         check_context_gap(self.context_gap)
+        check_context_slices(self.context_slices)
+        if self.context_slices and self.first_step != "f1":
+            raise ValueError("2.5-D context (context_slices) runs with the f1 first step only")
         if (isinstance(self.complementary_masks, bool) or int(self.complementary_masks)
                 != self.complementary_masks or self.complementary_masks not in COMPLEMENTARY_MASKS):
             raise ValueError("complementary_masks must be a whole number from "
@@ -183,6 +197,7 @@ class EngineConfig:
             first_step=getattr(card, "first_step", "f1"),
             complementary_masks=int(getattr(card, "complementary_masks", 3)),
             context_gap=int(getattr(card, "context_gap", 0)),
+            context_slices=int(getattr(card, "context_slices", 0)),
         )
 
 
@@ -208,9 +223,13 @@ class IterationState:
         return not bool(self.active.any())
 
 
-def slice_noise(seed: int, slice_id: int, iteration: int, shape: tuple[int, int]) -> torch.Tensor:
-    """Standard normal noise for one slice and iteration, independent of batching."""
-    key = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(slice_id), int(iteration)])
+def slice_noise(seed: int, slice_id: int, iteration: int, shape: tuple[int, int],
+                stream: int = 0) -> torch.Tensor:
+    """Standard normal noise for one slice and iteration, independent of batching. ``stream``
+    c > 0 is a further independent draw (the 2.5-D context's neighbour channel c − 1)."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(slice_id), int(iteration)] + ([int(stream)] if stream
+                                                                         else [])
+    key = np.random.SeedSequence(entropy)
     g = torch.Generator().manual_seed(int(key.generate_state(1, np.uint64)[0] >> 1))
     return torch.randn(shape, generator=g)
 
@@ -286,31 +305,71 @@ def _chunks(idx: np.ndarray, n: int):
 
 
 def _reconstruct(x, xf, mask, noise, f: Net, cfg: EngineConfig,
-                 brain: torch.Tensor) -> torch.Tensor:
+                 brain: torch.Tensor, neighbours=None) -> torch.Tensor:
     """One batch through the masked net, ``f(masked_net_input(...))``; (B, 1, H, W) float32.
     (The first step is ``_first_step``.)"""
-    return f(masked_net_input(x, mask, noise, brain, cfg, xf)).float()
+    return f(masked_net_input(x, mask, noise, brain, cfg, xf, neighbours)).float()
+
+
+def neighbour_noise(idx: np.ndarray, ids, iteration: int, seed: int, k: int, shape,
+                    device) -> torch.Tensor:
+    """The 2.5-D context's noise of slices ``idx`` at ``iteration``, (B, 2k, H, W): per neighbour
+    channel c its own stream (``slice_noise`` stream c + 1) of the slice's key."""
+    eps = torch.stack([torch.stack([slice_noise(seed, ids[i], iteration, shape, c + 1)
+                                    for c in range(2 * k)]) for i in idx])
+    return eps.to(device)
+
+
+def _neighbours(ctx, idx, ids, iteration: int, cfg: "EngineConfig", device):
+    """(neighbour slices, their brains, their noise) of a batch for ``masked_net_input``, or None
+    without 2.5-D context."""
+    if ctx is None:
+        return None
+    cx, cb = ctx
+    return (torch.from_numpy(cx[idx]).to(device), torch.from_numpy(cb[idx]).to(device),
+            neighbour_noise(idx, ids, iteration, cfg.seed, cfg.context_slices, cx.shape[-2:],
+                            device))
+
+
+def _context_arrays(x_np, b_np, ids, cfg: "EngineConfig", context):
+    """The run's neighbour arrays ((N, 2K, H, W) slices and brains) or None: ``context`` as
+    given (e.g. a data set's stored neighbours), else found among the run's own slices."""
+    k = cfg.context_slices
+    if not k:
+        return None
+    if context is None:
+        return neighbour_slices(x_np, b_np, k, ids)
+    cx, cb = (np.ascontiguousarray(context[0], dtype=np.float32),
+              np.asarray(context[1], dtype=bool))
+    want = (len(x_np), 2 * k) + x_np.shape[1:]
+    if cx.shape != want or cb.shape != want:
+        raise ValueError(f"context must be two {want} arrays; got {cx.shape}, {cb.shape}")
+    return cx, cb
 
 
 def masked_net_input(x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                      brain: torch.Tensor, cfg: EngineConfig,
-                     xf: torch.Tensor | None = None) -> torch.Tensor:
+                     xf: torch.Tensor | None = None, neighbours=None) -> torch.Tensor:
     """What the masked net is given for masks ``mask`` (all (B, 1, H, W)), as the loop gives it:
     ``net_input.masked_input`` with x_f at the config's radius (``xf`` if already computed), or,
     radius-conditioned, at the radius that each mask's share of ``brain`` calls for together
     with its level. With a ``context_gap`` the net's hole is the mask grown by that many pixels
-    within the brain (``hole``). τ calibration calls this too."""
+    within the brain (``hole``). ``neighbours`` (2.5-D: the neighbour slices, their brains and
+    noise, each (B, 2K, H, W)) adds the neighbour channels, hidden where the slice's net is
+    (``net_input.shared_mask_context``). τ calibration calls this too."""
     rc = cfg.radius_conditioning
     hidden = hole(mask, brain, cfg.context_gap)
+    context = None if neighbours is None else shared_mask_context(
+        neighbours[0], neighbours[1], hidden, neighbours[2])
     if rc is None:
         if xf is None:
             xf = high_pass(x[:, 0], cfg.radius)[:, None]
-        return masked_input(x, hidden, noise, xf, cfg.masked_guidance)
+        return masked_input(x, hidden, noise, xf, cfg.masked_guidance, context=context)
     share = mask.sum((1, 2, 3)).double() / brain.sum((1, 2, 3)).clamp(min=1).double()
     radii = [rc.radius(v) for v in share.tolist()]
     xf = high_pass_radii(x[:, 0], radii)[:, None]
     level = torch.tensor([rc.level(r) for r in radii], device=x.device)
-    return masked_input(x, hidden, noise, xf, cfg.masked_guidance, level)
+    return masked_input(x, hidden, noise, xf, cfg.masked_guidance, level, context)
 
 
 def hole(mask: torch.Tensor, brain: torch.Tensor, gap: int) -> torch.Tensor:
@@ -353,6 +412,7 @@ def run(
     slice_ids: Sequence[int] | None = None,
     resume: IterationState | None = None,
     cancel: threading.Event | None = None,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Iterator[IterationState]:
     """Run the shrink loop on ``slices`` (N, H, W) float32 with ``brain`` (N, H, W) bool.
 
@@ -360,7 +420,9 @@ def run(
     (B, 1, H, W). Torch modules are put in eval mode. ``resume`` continues from an earlier
     state with ``config.tau`` (e.g. a higher τ): slices whose mask is not empty start running
     again, and the iteration cap counts from the resume.
-    Setting ``cancel`` stops the loop between iterations.
+    Setting ``cancel`` stops the loop between iterations. ``context`` (2.5-D models only):
+    the slices' neighbours and their brains, (N, 2K, H, W) each in ``context_offsets`` order;
+    None finds them among ``slices`` by id (the pipeline's case: a whole scan).
     """
     x_np = np.ascontiguousarray(slices, dtype=np.float32)
     b_np = np.asarray(brain, dtype=bool)
@@ -403,6 +465,7 @@ def run(
     report = inner_region(b_np, int(cfg.rim)) if cfg.rim else None  # where `error` may be > 0
     scale = error_scale(x_np, b_np, cfg)
     xf_cache: dict[int, torch.Tensor] = {}
+    ctx = _context_arrays(x_np, b_np, ids, cfg, context)
 
     def xf_of(idx: np.ndarray) -> torch.Tensor:
         missing = [i for i in idx if i not in xf_cache]
@@ -431,7 +494,8 @@ def run(
                     passes += len(idx) * _first_passes(cfg)
                 else:
                     m, eps = _mask_and_noise(masks, idx, ids, t, cfg.seed, device)
-                    out = _reconstruct(x, xf, m, eps, f, cfg, br)
+                    nb = _neighbours(ctx, idx, ids, t, cfg, device)
+                    out = _reconstruct(x, xf, m, eps, f, cfg, br, nb)
                     passes += len(idx)
                 e, full, error[idx] = _reported_error(
                     x, out, br, b_np[idx], None if report is None else report[idx], cfg,
@@ -545,6 +609,7 @@ def reconstruct_at(
     k: int,
     *,
     slice_ids: Sequence[int] | None = None,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(error map, reconstruction) of history entry ``k``, (N, H, W) float32, recomputed.
 
@@ -569,6 +634,7 @@ def reconstruct_at(
     cfg = config
     report = inner_region(b_np, int(cfg.rim)) if cfg.rim else None
     scale = error_scale(x_np, b_np, cfg)
+    ctx = _context_arrays(x_np, b_np, ids, cfg, context)
     with torch.inference_mode():
         for j in sorted({int(v) for v in when[when > 0]}):
             before = history.masks(j - 1) if j > 1 else None
@@ -580,7 +646,8 @@ def reconstruct_at(
                     out = _first_step(x, xf, br, b_np, idx, ids, f1, f, cfg)
                 else:
                     m, eps = _mask_and_noise(before, idx, ids, j, cfg.seed, device)
-                    out = _reconstruct(x, xf, m, eps, f, cfg, br)
+                    nb = _neighbours(ctx, idx, ids, j, cfg, device)
+                    out = _reconstruct(x, xf, m, eps, f, cfg, br, nb)
                 _, _, error[idx] = _reported_error(
                     x, out, br, b_np[idx], None if report is None else report[idx], cfg,
                     None if scale is None else scale[idx])
@@ -597,11 +664,12 @@ def run_to_end(
     *,
     slice_ids: Sequence[int] | None = None,
     keep_history: bool = False,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[IterationState, History | None]:
     """Run the loop to convergence; returns the final state (and the history if asked)."""
     hist = History.start(np.asarray(brain, bool), config.tau) if keep_history else None
     last = None
-    for state in run(slices, brain, f1, f, config, slice_ids=slice_ids):
+    for state in run(slices, brain, f1, f, config, slice_ids=slice_ids, context=context):
         if hist is not None:
             hist.record(state)
         last = state

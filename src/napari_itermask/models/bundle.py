@@ -80,7 +80,8 @@ def _networks(card: ModelCard) -> tuple[UNet, UNet]:
     """f1 (input x_f) and f (input x̂, x_f) as the card describes them."""
     try:
         return (UNet(card.unet_config(1)),
-                UNet(card.unet_config(masked_channels(bool(card.radius_conditioning)))))
+                UNet(card.unet_config(masked_channels(bool(card.radius_conditioning),
+                                                     card.context_slices))))
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model card of {card.name!r} describes no buildable UNet: {reason}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..core.conditioning import RadiusConditioning
 from ..core.context_gap import check_context_gap
+from ..core.context_slices import check_context_slices
 from ..core.polarity import POLARITIES
 from ..core.first_step import COMPLEMENTARY_MASKS, FIRST_STEPS
 from ..core.precision import DEFAULT_PRECISION, PRECISIONS
@@ -50,7 +51,7 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _NUMBERS = ("pixel_size_mm", "frequency_radius", "error_smoothing", "first_unmask",
             "stop_shrink", "tau", "threshold")
 _COUNTS = ("grid_size", "max_iter", "complementary_masks")  # whole numbers >= 1
-_SIZES = ("min_brain_pixels", "context_gap")  # whole numbers >= 0
+_SIZES = ("min_brain_pixels", "context_gap", "context_slices")  # whole numbers >= 0
 CARD_MAX_BYTES = 4 << 20  # a card is a few kB; anything this large is not one
 _TEXTS = ("name", "modality", "preset", "normalisation", "error", "weights_sha256", "first_step",
           "intended_use", "format", "version", "precision")
@@ -88,6 +89,9 @@ class ModelCard:
     first_step: str = "f1"
     complementary_masks: int = 3
     context_gap: int = 0  # px around the mask also hidden from the masked net; 0 = the paper
+    # 2.5-D: axial neighbours per side the masked net sees, each under its own loop mask
+    # (core.net_input); 0 = the paper's 2-D masked net
+    context_slices: int = 0
     first_unmask: float = 0.4
     stop_shrink: float = 0.01
     max_iter: int = 20
@@ -137,8 +141,11 @@ class ModelCard:
             raise ModelError(f"model card: first_step must be one of {', '.join(FIRST_STEPS)}")
         try:
             check_context_gap(d.get("context_gap", 0))
+            check_context_slices(d.get("context_slices", 0))
         except ValueError as exc:
             raise ModelError(f"model card: {exc}") from None
+        if d.get("context_slices", 0) and d.get("first_step", "f1") != "f1":
+            raise ModelError("model card: context_slices (2.5-D) goes with first_step f1 only")
         if d.get("complementary_masks", 3) not in COMPLEMENTARY_MASKS:
             raise ModelError("model card: complementary_masks must be a whole number from "
                              f"{COMPLEMENTARY_MASKS[0]} to {COMPLEMENTARY_MASKS[-1]}")
@@ -271,6 +278,8 @@ def options_note(card) -> str:
         notes.append("standardised residual")
     if get("context_gap", 0):
         notes.append(f"context gap {get('context_gap', 0)} px")
+    if get("context_slices", 0):
+        notes.append(f"2.5-D masked net ({get('context_slices', 0)} neighbour slices per side)")
     if get("radius_conditioning", {}):
         notes.append("radius-conditioned masked net")
     if get("first_step", "f1") != "f1":

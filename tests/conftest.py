@@ -168,6 +168,18 @@ def ball_cases(folder):
     return folder
 
 
+class InputRecorder(torch.nn.Module):
+    """A masked net that keeps every input it is given and reconstructs nothing (zeros)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, inp):
+        self.inputs.append(inp.clone())
+        return inp[:, :1] * 0.0
+
+
 def perturbed_bundle(preset="tiny", seed=0, tau=0.5, threshold=2.0):
     """A random (not zero-output) model: untrained nets output zeros, which tests nothing."""
     from napari_itermask.models import ModelBundle, new_card

@@ -24,6 +24,7 @@ from napari_itermask.core.net_input import (
 )
 from napari_itermask.errors import ModelError
 from napari_itermask.models import ModelBundle, ModelCard, new_card, options_note
+from conftest import InputRecorder
 
 G = 16
 
@@ -86,23 +87,11 @@ def test_neighbour_channels_are_hidden_where_the_slice_is_within_their_brain():
                                              noise))
 
 
-class Recorder(torch.nn.Module):
-    """Records the masked net's inputs and returns the slice with its hidden pixels at 1.0."""
-
-    def __init__(self):
-        super().__init__()
-        self.inputs = []
-
-    def forward(self, inp):
-        self.inputs.append(inp.clone())
-        return inp[:, :1] * 0 + 1.0
-
-
 def test_the_loop_shows_each_slice_its_neighbours_under_its_own_mask():
     x, brain, _ = _volume(3)
     x[1] += 0.01  # slices differ, so a channel shows which neighbour it holds
     x[2] += 0.02
-    f = Recorder()
+    f = InputRecorder()
     cfg = EngineConfig(tau=0.5, context_slices=1, max_iter=2, batch_size=8, seed=4)
     states = list(run(x, brain, _zero_f1, f, cfg))
     mask_after_first = states[0].masks  # what iteration 2 shows the net

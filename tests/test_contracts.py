@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from napari_itermask.core import masked_input  # noqa: E402
 from napari_itermask.core.engine import EngineConfig, run, slice_noise  # noqa: E402
+from conftest import InputRecorder  # noqa: E402
 
 G = 32
 
@@ -37,18 +38,6 @@ def _slices(n=3, seed=0):
     brain[:, 6:26, 6:26] = True
     x = np.where(brain, rng.normal(0.0, 1.0, (n, G, G)), -3.0).astype(np.float32)
     return x, brain
-
-
-class _Recorder(torch.nn.Module):
-    """A masked net that keeps every input it is given and reconstructs nothing."""
-
-    def __init__(self):
-        super().__init__()
-        self.inputs = []
-
-    def forward(self, inp):
-        self.inputs.append(inp.clone())
-        return inp[:, :1] * 0.0
 
 
 class _Fixed:
@@ -76,7 +65,7 @@ def _engine_input(x, brain, guidance, seed=7):
         def forward(self, xf):
             return xf * 0.5
 
-    f = _Recorder()
+    f = InputRecorder()
     cfg = EngineConfig(tau=1e9, max_iter=2, seed=seed, masked_guidance=guidance)
     states = list(run(x, brain, First(), f, cfg))
     assert len(f.inputs) == 1 and len(states) == 2  # one batch at iteration 2
@@ -117,7 +106,7 @@ def test_calibration_builds_the_training_input(monkeypatch, guidance):
     mask = brain.copy()
     mask[:, 6:16] = False
     monkeypatch.setattr(calibrate, "MaskSampler", lambda size: _Fixed(mask))
-    net = _Recorder()
+    net = InputRecorder()
     card = new_card("c", "flair", masked_guidance=guidance)
     calibrate.calibrate_tau(SimpleNamespace(card=card, masked=net),
                             SliceSet(x=x, brain=brain, meta={}), 50.0, seed=3, n_masks=1)

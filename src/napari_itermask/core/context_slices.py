@@ -4,18 +4,14 @@ the model card, the engine's configuration and training check a value with
 ``check_context_slices``. Free of NumPy and torch, so that reading a card stays cheap.
 """
 
-from numbers import Real
+from .bounds import whole_number_in
 
 CONTEXT_SLICES = range(0, 3)  # neighbours on each side; 0 is the paper's 2-D masked net
 
 
 def check_context_slices(value) -> int:
     """``value`` as an int when it is a whole number in ``CONTEXT_SLICES``; else ValueError."""
-    ok = not isinstance(value, bool) and isinstance(value, Real) and int(value) == value
-    if not ok or int(value) not in CONTEXT_SLICES:
-        raise ValueError(f"context_slices must be a whole number from {CONTEXT_SLICES[0]} to "
-                         f"{CONTEXT_SLICES[-1]} (got {value!r})")
-    return int(value)
+    return whole_number_in(value, CONTEXT_SLICES, "context_slices")
 
 
 def context_offsets(k: int) -> tuple[int, ...]:

@@ -38,7 +38,9 @@ def real_locations(env) -> list[Path]:
     home = Path(env.get("HOME") or os.path.expanduser("~"))
     config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
     data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
-    places = [config / "napari-itermask", data / "napari-itermask"]
+    cache = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+    # napari writes its theme files under the cache folder when it is imported
+    places = [config / "napari-itermask", data / "napari-itermask", cache / "napari"]
     for var in ("ITERMASK_CONFIG_DIR", "ITERMASK_MODEL_DIR", "NAPARI_CONFIG"):
         if env.get(var):
             places.append(Path(env[var]))
@@ -88,6 +90,9 @@ REAL_HOME = Path(_REAL_ENV.get("HOME") or os.path.expanduser("~"))
 # scratch file here covers anything that imports napari before a test's fixtures run.
 _SESSION_SCRATCH = Path(tempfile.mkdtemp(prefix="itermask-tests-"))
 os.environ["NAPARI_CONFIG"] = str(_SESSION_SCRATCH / "napari" / "settings.yaml")
+# and its cache (theme files, keyed by the environment) is written on import, under
+# XDG_CACHE_HOME: a scratch folder too, set before anything here imports napari
+os.environ["XDG_CACHE_HOME"] = str(_SESSION_SCRATCH / "cache")
 REAL_LOCATIONS = real_locations(_REAL_ENV)
 
 

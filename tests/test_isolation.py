@@ -72,3 +72,14 @@ def test_the_watched_locations_are_the_plugins_and_naparis():
     watched = conftest.REAL_LOCATIONS
     assert config / "napari-itermask" in watched and data / "napari-itermask" in watched
     assert Path(_DEFAULT_CONFIG_PATH).parent in watched
+
+
+def test_napari_writes_its_cache_in_the_scratch_folder_not_the_users():
+    """napari writes theme files under XDG_CACHE_HOME on import; the real one is watched."""
+    from napari.utils._platformdirs import user_cache_dir
+
+    env = conftest._REAL_ENV
+    real_cache = Path(env.get("XDG_CACHE_HOME") or REAL_HOME / ".cache") / "napari"
+    assert real_cache in conftest.REAL_LOCATIONS
+    used = Path(user_cache_dir())
+    assert _under(used, conftest._SESSION_SCRATCH) and not _under(used, real_cache), used

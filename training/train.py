@@ -36,8 +36,8 @@ from torch.nn import functional as F
 from napari_itermask.core.conditioning import RadiusConditioning
 from napari_itermask.core.frequency import high_pass, high_pass_radii
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.core.net_input import (check_context_slices, masked_channels, masked_input,
-                                            shared_mask_context)
+from napari_itermask.core.context_slices import check_context_slices
+from napari_itermask.core.net_input import masked_channels, masked_input, shared_mask_context
 from napari_itermask.core.precision import PRECISIONS, usable_precision
 from napari_itermask import allocator, synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters

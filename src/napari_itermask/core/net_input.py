@@ -27,11 +27,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .conditioning import RadiusConditioning
-from .context_slices import CONTEXT_SLICES, check_context_slices, context_offsets
+from .context_slices import check_context_slices, context_offsets
 
-__all__ = ["masked_input", "masked_channels", "RadiusConditioning", "CONTEXT_SLICES",
-           "check_context_slices", "context_offsets", "shared_mask_context", "neighbour_slices"]
+__all__ = ["masked_input", "masked_channels", "shared_mask_context", "neighbour_slices"]
 
 
 def masked_channels(conditioned: bool, context_slices: int = 0) -> int:

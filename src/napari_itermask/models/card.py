@@ -74,7 +74,7 @@ class ModelCard:
     min_brain_pixels: int = 328  # 2 % of a 128² slice
     frequency_radius: float = 15.0
     masked_guidance: bool = True  # False only for the "-freq" ablation (f sees no x_f)
-    # radius-conditioned masked net (core.net_input.RadiusConditioning); {} = the paper's fixed
+    # radius-conditioned masked net (core.conditioning.RadiusConditioning); {} = the paper's fixed
     # radius and a two-channel masked net
     radius_conditioning: dict = field(default_factory=dict)
     error: str = "squared"

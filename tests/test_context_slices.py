@@ -303,3 +303,20 @@ def test_train_calibrate_and_refusals_with_context(context_data, tmp_path):
         calibrate.main(["--run", str(run_dir), "--val", str(flat), "--name", "c", "--modality",
                         "flair", "-o", str(tmp_path / "b2"), "--max-slices", "5"])
     assert not (tmp_path / "b2").exists()
+
+
+@pytest.mark.parametrize("script", ["prepare", "train"])
+@pytest.mark.parametrize("value", ["3", "-1", "one"])
+def test_context_slices_out_of_range_is_a_usage_error(script, value, tmp_path, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"training.{script}")
+    argv = (["synth", "--modality", "flair", "--split", "val", "--n", "1", "-o",
+             str(tmp_path / "d.npz")] if script == "prepare"
+            else ["--train", str(tmp_path / "d.npz"), "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exc:
+        mod.main([*argv, "--context-slices", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --context-slices: context_slices must be a whole number" in err, err
+    assert not any(tmp_path.iterdir())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from napari_itermask.core.context_slices import check_context_slices
 
 # Seed ranges of the synthetic splits. Test seeds are never used for training or calibration.
 SPLIT_SEEDS = {"train": 100_000, "val": 200_000, "test": 900_000}
@@ -27,6 +30,17 @@ def split_seeds(split: str, n: int, stratum: str = "subtle") -> list[int]:
     if n > STRATUM_SEED_SPAN:
         raise ValueError(f"at most {STRATUM_SEED_SPAN} test seeds per stratum, asked for {n}")
     return [TEST_STRATUM_SEEDS[stratum] + i for i in range(n)]
+
+
+def context_slices_arg(text: str) -> int:
+    """The argparse type of ``--context-slices`` (prepare, train): a whole number in the card's
+    range, else argparse's one-line usage error."""
+    try:
+        return check_context_slices(int(text))
+    except ValueError as exc:
+        message = str(exc) if text.strip().lstrip("+-").isdigit() else (
+            f"context_slices must be a whole number (got {text!r})")
+        raise argparse.ArgumentTypeError(message) from None
 
 
 @dataclass

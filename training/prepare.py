@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_itermask.core.context_slices import check_context_slices
 from napari_itermask.core.metrics import CENTRAL_SLAB, slab_slices
 from napari_itermask.core.net_input import neighbour_slices
 from napari_itermask.models import ModelCard
 from napari_itermask.names import is_nifti
 from napari_itermask.volume import load_scan, scan_from_array, to_model_grid
 
-from .common import SliceSet, log, split_seeds
+from .common import SliceSet, context_slices_arg, log, split_seeds
 
 DEFAULTS = ModelCard(name="_", modality="_", preset="small", unet={})
 
@@ -190,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalisation", default=DEFAULTS.normalisation, choices=["p90", "zscore"])
     p.add_argument("--min-brain", type=int, default=DEFAULTS.min_brain_pixels,
                    help="minimum brain pixels for a slice to be kept")
-    p.add_argument("--context-slices", type=int, default=0, metavar="K",
+    p.add_argument("--context-slices", type=context_slices_arg, default=0, metavar="K",
                    help="also store each slice's K axial neighbours per side, for a 2.5-D "
                         "masked net (train --context-slices K)")
     return p
@@ -198,10 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_context_slices(args.context_slices)
-    except ValueError as exc:
-        raise SystemExit(f"--context-slices: {exc}") from None
     if args.source == "synth":
         ds = from_synth(args.modality, split_seeds(args.split, args.n), args,
                         lesions=args.lesions)

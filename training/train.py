@@ -36,13 +36,12 @@ from torch.nn import functional as F
 from napari_itermask.core.conditioning import RadiusConditioning
 from napari_itermask.core.frequency import high_pass, high_pass_radii
 from napari_itermask.core.masks import MaskSampler
-from napari_itermask.core.context_slices import check_context_slices
 from napari_itermask.core.net_input import masked_channels, masked_input, shared_mask_context
 from napari_itermask.core.precision import PRECISIONS, usable_precision
 from napari_itermask import allocator, synth
 from napari_itermask.core.unet import PRESETS, build_unet, count_parameters
 
-from .common import SliceSet, log
+from .common import SliceSet, context_slices_arg, log
 
 RECIPES = {
     "small": {"lr": 1e-3, "batch": 16, "steps": 1500, "warmup": 100},
@@ -481,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius-range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="radius-conditioned masked net: x_f cut at a radius drawn per sample "
                         "from LO..HI, given to the net as a third channel (docs/method.md §14)")
-    p.add_argument("--context-slices", type=int, default=0, metavar="K",
+    p.add_argument("--context-slices", type=context_slices_arg, default=0, metavar="K",
                    help="2.5-D masked net: it also sees K axial neighbours per side under the "
                         "slice's mask (data from prepare --context-slices K; docs/method.md §18)")
     p.add_argument("--no-guidance", action="store_true",
@@ -504,10 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_context_slices(args.context_slices)
-    except ValueError as exc:
-        raise SystemExit(f"--context-slices: {exc}") from None
     allocator.tune()
     if args.threads:
         torch.set_num_threads(args.threads)

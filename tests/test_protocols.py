@@ -333,7 +333,7 @@ def test_evaluate_scores_both_protocols_end_to_end(val_data, tmp_path, monkeypat
         r["itermask"]["honest"] for r in paper["cases"]]
     md2 = (out2 / "results.md").read_text()
     assert "Clinical protocol" not in md2 and "#### Paper protocol" in md2
-    assert (out2 / "cases.png").exists()
+    assert (out2 / "cases.png").exists() and (out2 / "typical.png").exists()
     # a slab without lesion (the brain's top 1 %): every case is dropped, and said so
     monkeypatch.setattr(protocols, "CENTRAL_SLAB", (0.99, 1.0))
     out3 = tmp_path / "none"
@@ -343,3 +343,19 @@ def test_evaluate_scores_both_protocols_end_to_end(val_data, tmp_path, monkeypat
     assert res3["paper"]["cases"] == [] and res3["paper"]["dropped"] == ["synth200100",
                                                                          "synth200101"]
     assert "No case has lesion in the central slab" in (out3 / "results.md").read_text()
+
+
+def test_typical_cases_are_best_median_worst():
+    from training.evaluate import typical_cases
+
+    rows = [{"case": c, "itermask": {"dice": d}}
+            for c, d in [("a", 0.5), ("b", 0.9), ("c", 0.1), ("d", 0.7), ("e", 0.3)]]
+    assert typical_cases(rows) == [("best", "b"), ("median", "a"), ("worst", "c")]
+    # even count: the upper of the two middle cases; ties by name
+    rows.append({"case": "f", "itermask": {"dice": 0.9}})
+    assert typical_cases(rows) == [("best", "b"), ("median", "a"), ("worst", "c")]
+    assert typical_cases(rows, method="itermask")[0] == ("best", "b")
+    # fewer than three cases: each once
+    assert typical_cases(rows[:1]) == [("best", "a")]
+    assert typical_cases(rows[:2]) == [("best", "b"), ("median", "a")]
+    assert typical_cases([]) == []

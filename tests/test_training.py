@@ -365,8 +365,9 @@ def test_evaluate_prints_all_methods_side_by_side(tiny_data, tmp_path):
     assert trace["lesion"][0] == 1.0 and trace["healthy"][0] == 1.0  # before iteration 1: brain
     assert all(a >= b for a, b in zip(trace["healthy"], trace["healthy"][1:]))  # only shrinks
     assert "still masked after iteration" in (out / "results.md").read_text()
-    assert (out / "cases.png").stat().st_size > 0 and (out / "dice.png").stat().st_size > 0
+    assert all((out / f).stat().st_size > 0 for f in ("cases.png", "typical.png", "dice.png"))
     md = (out / "results.md").read_text()
+    assert "![](typical.png)" in md
     assert all(f"| {m} |" in md for m in methods)
     # a variant is just another bundle on the same cases: the same model scores the same
     assert row["second copy"] == {k: v for k, v in row["itermask"].items()

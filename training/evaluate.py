@@ -244,7 +244,8 @@ def paper_case(name, vol, gt, ctx, slab=None):
             r["ssim_normal"] = ssim_normal(recons[m], x[0], br[0], g)
         row[m] = r
         maps[m] = (sm, g, br[0])
-    panel = {"case": name, "x": x[0], "brain": br[0], "gt": g, "pred": preds}
+    panel = {"case": name, "x": x[0], "brain": br[0], "gt": g, "pred": preds,
+             "error": scores["itermask"]}
     return row, maps, panel
 
 
@@ -621,7 +622,7 @@ def clinical_case(name, scan, gt, ctx):
     row["itermask"]["masked_share"] = mask_trace(job.history, gt_model, vol.brain)
     k_show = int(np.argmax(gt_model.reshape(len(gt_model), -1).sum(1)))
     panel = {"case": name, "x": vol.x[k_show], "brain": vol.brain[k_show],
-             "gt": gt_model[k_show],
+             "gt": gt_model[k_show], "error": scores_model["itermask"][k_show],
              "pred": {m: (scores_model[m][k_show] > thr[m]) & vol.brain[k_show]
                       for m in methods}}
     last = job.history.last
@@ -656,11 +657,79 @@ def _radiological(a: np.ndarray) -> np.ndarray:
     return a.T[::-1, ::-1]
 
 
+def typical_cases(rows: list, method: str = "itermask") -> list[tuple[str, str]]:
+    """The best, median and worst case by ``method``'s Dice in ``rows`` (each row: ``case`` and
+    ``{method: {"dice": …}}``), as (label, case) pairs; ties go by case name. The median is the
+    middle case of the sorted list (the upper one of the two middle cases for an even count).
+    Fewer rows than three give each case once."""
+    order = sorted(rows, key=lambda r: (-float(r[method]["dice"]), r["case"]))
+    if not order:
+        return []
+    picks = [("best", order[0]), ("median", order[len(order) // 2]), ("worst", order[-1])]
+    out, seen = [], set()
+    for label, r in picks:
+        if r["case"] not in seen:
+            seen.add(r["case"])
+            out.append((label, r["case"]))
+    return out
+
+
+def _plot_cases(path: Path, panels: list, rows: list, methods, title: str,
+                labels: dict | None = None) -> None:
+    """One row per panel: the model-grid slice, the ground truth, IterMask²'s final error map
+    (when the panel holds it) and each method's segmentation at its honest threshold, with its
+    Dice. ``labels`` (case → text) prefixes a row's case name."""
+    import matplotlib.pyplot as plt
+
+    gray = plt.get_cmap("gray").with_extremes(bad="black")
+    with_error = all("error" in pan for pan in panels)
+    cols = ["image", "ground truth", *(["IterMask² error"] if with_error else []), *methods]
+    first_method = len(cols) - len(methods)
+    fig, axes = plt.subplots(len(panels), len(cols), figsize=(1.7 * len(cols), 1.8 * len(panels)),
+                             squeeze=False)
+    for r, pan in enumerate(panels):
+        img = _radiological(np.where(pan["brain"], pan["x"], np.nan))
+        lo, hi = np.nanpercentile(img, [1, 99.5])
+        row = next(x for x in rows if x["case"] == pan["case"])
+        for c, col in enumerate(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == "IterMask² error":
+                err = _radiological(np.where(pan["brain"], pan["error"], np.nan))
+                ax.imshow(err, cmap="magma", vmin=0, vmax=max(float(np.nanpercentile(err, 99.5)),
+                                                              1e-6), interpolation="nearest")
+                ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
+                           linewidths=0.5)
+            else:
+                ax.imshow(img, cmap=gray, vmin=lo, vmax=hi, interpolation="nearest")
+            if c == 1:
+                ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
+                           linewidths=0.8)
+            elif c >= first_method:
+                pred = _radiological(pan["pred"][col])
+                ax.imshow(np.ma.masked_where(~pred, pred), cmap="autumn", alpha=0.7,
+                          interpolation="nearest")
+                ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
+                           linewidths=0.5)
+                ax.set_xlabel(f"Dice {row[col]['dice']:.2f}", fontsize=7)
+            if r == 0:
+                ax.set_title(col, fontsize=8)
+        name = pan["case"] if not labels else f"{labels[pan['case']]}: {pan['case']}"
+        axes[r, 0].set_ylabel(name, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def save_figures(out: Path, panels: list, rows: list, methods, modality: str,
                  what: str = "3-D Dice per volume") -> list[str]:
     """``cases.png``: per test case one model-grid slice (the clinical protocol's: most lesion;
-    the paper protocol's: its chosen slab slice), the ground truth and each method's
-    segmentation at its honest threshold; ``dice.png``: per-case Dice (``what`` says which)."""
+    the paper protocol's: its chosen slab slice), the ground truth, IterMask²'s final error map
+    and each method's segmentation at its honest threshold; ``typical.png``: the same for the
+    best, median and worst case by IterMask²'s Dice (``typical_cases``); ``dice.png``: per-case
+    Dice (``what`` says which)."""
     try:
         import matplotlib
 
@@ -669,37 +738,14 @@ def save_figures(out: Path, panels: list, rows: list, methods, modality: str,
     except ImportError:  # pragma: no cover - matplotlib is in the training extra
         log("matplotlib missing: no figures")
         return []
-    gray = plt.get_cmap("gray").with_extremes(bad="black")
-    cols = ["image", "ground truth", *methods]
-    fig, axes = plt.subplots(len(panels), len(cols), figsize=(1.7 * len(cols), 1.8 * len(panels)),
-                             squeeze=False)
-    for r, pan in enumerate(panels):
-        img = _radiological(np.where(pan["brain"], pan["x"], np.nan))
-        lo, hi = np.nanpercentile(img, [1, 99.5])
-        for c, col in enumerate(cols):
-            ax = axes[r, c]
-            ax.imshow(img, cmap=gray, vmin=lo, vmax=hi, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 1:
-                ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
-                           linewidths=0.8)
-            elif c > 1:
-                pred = _radiological(pan["pred"][col])
-                ax.imshow(np.ma.masked_where(~pred, pred), cmap="autumn", alpha=0.7,
-                          interpolation="nearest")
-                ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
-                           linewidths=0.5)
-                row = next(x for x in rows if x["case"] == pan["case"])
-                ax.set_xlabel(f"Dice {row[col]['dice']:.2f}", fontsize=7)
-            if r == 0:
-                ax.set_title(col, fontsize=8)
-        axes[r, 0].set_ylabel(pan["case"], fontsize=7)
-    fig.suptitle(f"{modality.upper()}: segmentations at the healthy-calibrated thresholds "
-                 "(red) and ground truth (green)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "cases.png", dpi=80)
-    plt.close(fig)
+    title = (f"{modality.upper()}: segmentations at the healthy-calibrated thresholds (red) and "
+             "ground truth (green)")
+    _plot_cases(out / "cases.png", panels, rows, methods, title)
+    picks = typical_cases(rows)
+    by_case = {pan["case"]: pan for pan in panels}
+    _plot_cases(out / "typical.png", [by_case[c] for _, c in picks], rows, methods,
+                f"{modality.upper()}: best, median and worst case by IterMask²'s {what}",
+                labels=dict((c, lab) for lab, c in picks))
     fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 1.5, 3.2))
     for i, m in enumerate(methods):
         d = [x[m]["dice"] for x in rows]
@@ -712,7 +758,7 @@ def save_figures(out: Path, panels: list, rows: list, methods, modality: str,
     fig.tight_layout()
     fig.savefig(out / "dice.png", dpi=90)
     plt.close(fig)
-    return ["cases.png", "dice.png"]
+    return ["typical.png", "cases.png", "dice.png"]
 
 
 def _mean(rows, m, key):

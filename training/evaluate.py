@@ -682,6 +682,7 @@ def _plot_cases(path: Path, panels: list, rows: list, methods, title: str,
     import matplotlib.pyplot as plt
 
     gray = plt.get_cmap("gray").with_extremes(bad="black")
+    heat = plt.get_cmap("magma").with_extremes(bad="black")
     with_error = all("error" in pan for pan in panels)
     cols = ["image", "ground truth", *(["IterMask² error"] if with_error else []), *methods]
     first_method = len(cols) - len(methods)
@@ -697,8 +698,8 @@ def _plot_cases(path: Path, panels: list, rows: list, methods, title: str,
             ax.set_yticks([])
             if col == "IterMask² error":
                 err = _radiological(np.where(pan["brain"], pan["error"], np.nan))
-                ax.imshow(err, cmap="magma", vmin=0, vmax=max(float(np.nanpercentile(err, 99.5)),
-                                                              1e-6), interpolation="nearest")
+                top = max(float(np.nanpercentile(err, 99.5)), 1e-6)
+                ax.imshow(err, cmap=heat, vmin=0, vmax=top, interpolation="nearest")
                 ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
                            linewidths=0.5)
             else:

@@ -36,11 +36,14 @@ def context_slices_arg(text: str) -> int:
     """The argparse type of ``--context-slices`` (prepare, train): a whole number in the card's
     range, else argparse's one-line usage error."""
     try:
-        return check_context_slices(int(text))
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"context_slices must be a whole number (got {text!r})") from None
+    try:
+        return check_context_slices(k)
     except ValueError as exc:
-        message = str(exc) if text.strip().lstrip("+-").isdigit() else (
-            f"context_slices must be a whole number (got {text!r})")
-        raise argparse.ArgumentTypeError(message) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @dataclass

@@ -677,15 +677,13 @@ def typical_cases(rows: list, method: str = "itermask") -> list[tuple[str, str]]
 def _plot_cases(path: Path, panels: list, rows: list, methods, title: str,
                 labels: dict | None = None) -> None:
     """One row per panel: the model-grid slice, the ground truth, IterMask²'s final error map
-    (when the panel holds it) and each method's segmentation at its honest threshold, with its
+    and each method's segmentation at its honest threshold, with its
     Dice. ``labels`` (case → text) prefixes a row's case name."""
     import matplotlib.pyplot as plt
 
     gray = plt.get_cmap("gray").with_extremes(bad="black")
     heat = plt.get_cmap("magma").with_extremes(bad="black")
-    with_error = all("error" in pan for pan in panels)
-    cols = ["image", "ground truth", *(["IterMask² error"] if with_error else []), *methods]
-    first_method = len(cols) - len(methods)
+    cols = ["image", "ground truth", "IterMask² error", *methods]
     fig, axes = plt.subplots(len(panels), len(cols), figsize=(1.7 * len(cols), 1.8 * len(panels)),
                              squeeze=False)
     for r, pan in enumerate(panels):
@@ -707,7 +705,7 @@ def _plot_cases(path: Path, panels: list, rows: list, methods, title: str,
             if c == 1:
                 ax.contour(_radiological(pan["gt"]).astype(float), [0.5], colors="lime",
                            linewidths=0.8)
-            elif c >= first_method:
+            elif c > 2:
                 pred = _radiological(pan["pred"][col])
                 ax.imshow(np.ma.masked_where(~pred, pred), cmap="autumn", alpha=0.7,
                           interpolation="nearest")
@@ -746,7 +744,7 @@ def save_figures(out: Path, panels: list, rows: list, methods, modality: str,
     by_case = {pan["case"]: pan for pan in panels}
     _plot_cases(out / "typical.png", [by_case[c] for _, c in picks], rows, methods,
                 f"{modality.upper()}: best, median and worst case by IterMask²'s {what}",
-                labels=dict((c, lab) for lab, c in picks))
+                labels={c: lab for lab, c in picks})
     fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 1.5, 3.2))
     for i, m in enumerate(methods):
         d = [x[m]["dice"] for x in rows]

@@ -118,3 +118,27 @@ def test_bundle_keeps_its_inference_nets_until_the_weights_change(tiny_bundle):
     assert f_new is not f
     with torch.inference_mode():
         assert torch.allclose(f_new(x), before + 1.0, atol=1e-5)
+
+
+def test_fp32_on_cuda_runs_without_tf32_and_restores_the_setting():
+    """CUDA's fp32 is float32 (the card's fp32 calibration): TF32 off inside, restored after;
+    on the CPU nothing is touched."""
+    import warnings
+
+    from napari_itermask.core.fuse import strict_fp32
+
+    cudnn = torch.backends.cudnn
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = cudnn.allow_tf32
+        try:
+            cudnn.allow_tf32 = True
+            with strict_fp32(torch.device("cpu")):
+                assert cudnn.allow_tf32 is True
+            with strict_fp32(torch.device("cuda", 0)):
+                assert cudnn.allow_tf32 is False
+            assert cudnn.allow_tf32 is True
+            with strict_fp32("cuda", strict=False):
+                assert cudnn.allow_tf32 is True
+        finally:
+            cudnn.allow_tf32 = before

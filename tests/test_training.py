@@ -556,3 +556,15 @@ def test_calibrate_refuses_another_contrasts_weights_unless_asked(tiny_data, tmp
     calibrate.main([*args, "-o", str(tmp_path / "b"), "--other-contrast"])
     card = load_bundle(tmp_path / "b").card
     assert card.modality == "t1ce" and card.training["weights_trained_on_contrast"] == "flair"
+
+
+def test_ledger_counts_gpu_hours_apart_from_cpu_hours():
+    """Segments trained on a GPU carry their wall time as GPU hours; CPU segments add none."""
+    hist = [{"steps": 100, "batch": 16, "cpu_hours": 0.5, "device": "cpu"},
+            {"steps": 4000, "batch": 16, "cpu_hours": 0.1, "device": "cuda", "gpu_hours": 0.07},
+            {"steps": 10, "batch": 8, "cpu_hours": None}]
+    cum = train.cumulative(hist)
+    assert cum["steps"] == 4110 and cum["samples_seen"] == 100 * 16 + 4000 * 16 + 80
+    assert cum["cpu_hours"] == 0.6 and cum["cpu_hours_complete"] is False
+    assert cum["gpu_hours"] == 0.07
+    assert train.cumulative(hist[:1])["gpu_hours"] == 0.0

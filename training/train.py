@@ -184,12 +184,14 @@ def prior_history(card_training: dict, net: str, model_label: str) -> list[dict]
 
 def cumulative(history: list[dict]) -> dict:
     """Totals over training segments: steps, samples seen, CPU hours (process CPU time, all
-    threads) and whether every segment's CPU time is known."""
+    threads), whether every segment's CPU time is known, and GPU hours (the wall time of the
+    segments that trained on a GPU, ``device: cuda``; 0 when none did)."""
     steps = sum(int(h["steps"]) for h in history)
     samples = sum(int(h["steps"]) * int(h["batch"] or 0) for h in history)
     known = [h["cpu_hours"] for h in history if h.get("cpu_hours") is not None]
+    gpu = sum(float(h.get("gpu_hours") or 0.0) for h in history)
     return {"steps": steps, "samples_seen": samples, "cpu_hours": round(sum(known), 6),
-            "cpu_hours_complete": len(known) == len(history)}
+            "cpu_hours_complete": len(known) == len(history), "gpu_hours": round(gpu, 6)}
 
 
 def widen_input(state: dict, target: dict) -> dict:
@@ -321,6 +323,8 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest convolutions once
+        torch.backends.cudnn.benchmark = True
     # emulated bf16 is several times slower than float32: such a device trains in fp32, and the
     # ledger records the precision that ran
     args.precision, notice = usable_precision(args.precision, device)
@@ -342,6 +346,7 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
     step = 0
     history: list[dict] = []  # segments before this run (from --init-from's card)
     cpu_before = 0.0  # this segment's CPU seconds before a --resume
+    wall_before = 0.0  # and its wall-clock seconds
     seg_start = 0  # the run's step at which the current segment began
     if args.resume and ckpt.exists():
         state = load_checkpoint(ckpt)
@@ -351,10 +356,11 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         old = json.loads(state["extra"])
         history = old.get("history", [])[:-1] if "history" in old else []
         cpu_before = float(old.get("run_cpu_seconds", 0.0))
+        wall_before = float(old.get("run_wall_seconds", 0.0))
         seg_start = int(old.get("segment_start", 0))
         if old.get("history") and old.get("precision", "fp32") != args.precision:
             # another precision from here on: the steps so far become a closed segment
-            history, cpu_before, seg_start = old["history"], 0.0, step
+            history, cpu_before, wall_before, seg_start = old["history"], 0.0, 0.0, step
         log(f"{net}: resumed at step {step}")
     elif args.init_from and net in NETS:
         from napari_itermask.models import load_bundle
@@ -412,11 +418,15 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
 
     def ledger(step_now: int) -> dict:
         run_cpu = time.process_time() - cpu0
+        run_wall = time.time() - t0 + wall_before
         seg = {"steps": step_now - seg_start, "batch": batch * world,
                "cpu_hours": round(run_cpu * world / 3600, 6),
-               "precision": args.precision, "run": str(out)}
+               "precision": args.precision, "run": str(out), "device": device.type}
+        if device.type == "cuda":  # GPU time is the segment's wall time on its GPUs
+            seg["gpu_hours"] = round(run_wall * world / 3600, 6)
         hist = history + [seg]
-        return {**extra, "run_cpu_seconds": run_cpu, "segment_start": seg_start,
+        return {**extra, "run_cpu_seconds": run_cpu, "run_wall_seconds": run_wall,
+                "segment_start": seg_start,
                 "history": hist,
                 "cumulative": cumulative(hist)}
     stop = _StopOnSignal()

@@ -19,14 +19,20 @@ are asked for, the same folded weights run through ordinary ``conv2d`` and ``sil
 
 ``InferenceNet`` wraps a fused network for one precision (``core.precision``): bf16 casts the
 convolution weights to bfloat16 (BatchNorm statistics stay float32) and the input on the way
-in, and returns float32. Training never sees these copies: they are built from the trained
+in, and returns float32. On CUDA, fp32 means float32: cuDNN's TF32 convolutions (a 10-bit
+mantissa, which torch allows by default) are switched off while an fp32 net runs, so a GPU
+run keeps the card's fp32 calibration (``CUDA_TF32`` lets ``benchmarks/gpu.py`` measure them).
+CUDA runs the plain path (folded weights through ``conv2d``, channels-last), the one the tests
+check against the original network on the CPU. Training never sees these copies: they are built from the trained
 network (which is left unchanged), their folded weights are buffers, and a bundle rebuilds them
 when its weights change (``ModelBundle.nets``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -34,7 +40,8 @@ from torch.nn import functional as F
 
 from .unet import AttnBlock, ResBlock, UNet, resample, trunk
 
-__all__ = ["FusedUNet", "InferenceNet", "fuse", "inference_net", "pointwise_available"]
+__all__ = ["FusedUNet", "InferenceNet", "fuse", "inference_net", "pointwise_available",
+           "strict_fp32"]
 
 
 def pointwise_available() -> bool:
@@ -48,6 +55,7 @@ def pointwise_available() -> bool:
 
 
 _POINTWISE = None
+CUDA_TF32 = False  # fp32 nets on CUDA with TF32 convolutions (faster, ~1e-3 relative error)
 
 
 def _use_pointwise(x: torch.Tensor) -> bool:
@@ -244,7 +252,29 @@ class InferenceNet(nn.Module):
         self._probe = nn.Parameter(torch.zeros((), device=_device(net)), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).float()
+        with strict_fp32(x.device, self.precision == "fp32" and not CUDA_TF32):
+            return self.net(x).float()
+
+
+@contextlib.contextmanager
+def strict_fp32(device, strict: bool = True):
+    """While inside, cuDNN convolutions on a CUDA ``device`` run in full float32 (no TF32);
+    the previous setting comes back on leaving. Elsewhere (or ``strict`` False) nothing
+    changes."""
+    if not strict or getattr(device, "type", str(device)).split(":")[0] != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    with warnings.catch_warnings():  # newer torch prefers its fp32_precision names
+        warnings.simplefilter("ignore")
+        old = cudnn.allow_tf32
+        cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cudnn.allow_tf32 = old
 
 
 def _device(net: nn.Module) -> torch.device:

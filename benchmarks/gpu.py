@@ -38,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _sync(device) -> None:
@@ -56,29 +57,19 @@ def demo_scan():
     return scan_from_array(case.image.astype(np.float32), case.affine, name="demo_flair")
 
 
-def paper_bundle(scan, seed: int = 0):
-    """A randomly initialised paper-preset bundle that reconstructs something, with a τ and a
-    threshold taken from its own errors on ``scan`` (timing only; no result means anything)."""
-    import torch
+def paper_bundle(scan):
+    """A randomly initialised paper-preset bundle (``scaling.random_bundle``) with τ and the
+    threshold from its own errors on the first 32 brain slices of ``scan``; bf16 uses the same."""
+    from scaling import random_bundle
 
-    from napari_itermask.core.frequency import high_pass
-    from napari_itermask.models import ModelBundle, new_card
-    from napari_itermask.pipeline import prepare
+    from napari_itermask.models import new_card
+    from napari_itermask.volume import to_model_grid
 
     card = new_card("paper-random", "flair", "paper", tau=1.0, threshold=1.0)
-    torch.manual_seed(seed)
-    bundle = ModelBundle.fresh(card)
-    for net in (bundle.first, bundle.masked):
-        torch.nn.init.normal_(net.out.weight, std=0.3)
-    vol = prepare(scan, bundle)
+    vol = to_model_grid(scan, grid=card.grid_size, pixel_size_mm=card.pixel_size_mm,
+                        normalisation=card.normalisation)
     keep = np.flatnonzero(vol.brain.reshape(len(vol.brain), -1).sum(1) >= card.min_brain_pixels)
-    x = torch.from_numpy(np.ascontiguousarray(vol.x[keep[:32]], np.float32))[:, None]
-    brain = torch.from_numpy(np.ascontiguousarray(vol.brain[keep[:32]]))[:, None]
-    f1, f = bundle.nets("fp32")
-    with torch.inference_mode():
-        e = ((x - f(torch.cat([x, high_pass(x, card.frequency_radius)], 1))) ** 2)[brain]
-    card.tau = float(torch.quantile(e[:100_000], 0.5))
-    card.threshold = float(torch.quantile(e[:100_000], 0.99))
+    bundle, card.tau, card.threshold = random_bundle(card, vol.x[keep[:32]], vol.brain[keep[:32]])
     card.calibrations = {"bf16": {"tau": card.tau, "threshold": card.threshold}}
     return bundle
 

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,6 +47,28 @@ def _rss_mib() -> float:
         return 0.0
 
 
+def random_bundle(card, x, brain, seed: int = 0):
+    """(bundle, τ, threshold): randomly initialised nets of ``card`` whose output layer is
+    perturbed so that they reconstruct something, τ the median and the threshold the 99th
+    percentile of the masked net's squared error on slices ``x`` (N, H, W) inside ``brain``.
+    For timing only: no result of such a bundle means anything."""
+    import torch
+
+    from napari_itermask.core.frequency import high_pass
+    from napari_itermask.models import ModelBundle
+
+    torch.manual_seed(seed)
+    bundle = ModelBundle.fresh(card)
+    for net in (bundle.first, bundle.masked):
+        torch.nn.init.normal_(net.out.weight, std=0.3)
+    _, f = bundle.nets("fp32")
+    with torch.inference_mode():
+        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[:, None]
+        out = f(torch.cat([xt, high_pass(xt, card.frequency_radius)], 1))
+        e = ((xt - out) ** 2)[torch.from_numpy(np.ascontiguousarray(brain))[:, None]][:100_000]
+    return bundle, float(torch.quantile(e, 0.5)), float(torch.quantile(e, 0.99))
+
+
 def child(preset: str, grid: int, slices: int, threads: int, max_iter: int, batch: int) -> dict:
     """One configuration, run in this process; returns its row (JSON-able)."""
     sys.path.insert(0, str(ROOT / "src"))
@@ -53,13 +77,11 @@ def child(preset: str, grid: int, slices: int, threads: int, max_iter: int, batc
     allocator.tune()
     import resource
 
-    import numpy as np
     import torch
 
     from napari_itermask import synth
     from napari_itermask.core.engine import run_to_end
-    from napari_itermask.core.frequency import high_pass
-    from napari_itermask.models import ModelBundle, new_card
+    from napari_itermask.models import new_card
     from napari_itermask.pipeline import engine_config
     from napari_itermask.volume import scan_from_array, to_model_grid
 
@@ -73,16 +95,9 @@ def child(preset: str, grid: int, slices: int, threads: int, max_iter: int, batc
     x = np.ascontiguousarray(vol.x[idx], dtype=np.float32)
     brain = np.ascontiguousarray(vol.brain[idx])
 
-    torch.manual_seed(0)
-    bundle = ModelBundle.fresh(card)
-    for net in (bundle.first, bundle.masked):
-        torch.nn.init.normal_(net.out.weight, std=0.3)
+    bundle, tau, _ = random_bundle(card, x[:batch], brain[:batch])
     f1, f = bundle.nets("fp32")
     with torch.inference_mode():
-        xt = torch.from_numpy(x[:batch])[:, None]
-        out = f(torch.cat([xt, high_pass(xt, card.frequency_radius)], 1))
-        e = ((xt - out) ** 2)[torch.from_numpy(brain[:batch])[:, None]]
-        tau = float(torch.quantile(e[:100_000], 0.5))
         f1(torch.zeros(2, 1, grid, grid))  # the first call of a shape is slow on CPU
     cfg = engine_config(card, tau=tau, max_iter=max_iter, batch_size=batch)
 

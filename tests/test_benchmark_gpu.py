@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import torch
-
 from conftest import ROOT
 
 

@@ -568,3 +568,22 @@ def test_ledger_counts_gpu_hours_apart_from_cpu_hours():
     assert cum["cpu_hours"] == 0.6 and cum["cpu_hours_complete"] is False
     assert cum["gpu_hours"] == 0.07
     assert train.cumulative(hist[:1])["gpu_hours"] == 0.0
+
+
+def test_resuming_on_another_device_closes_the_segment(tiny_data, tmp_path):
+    """Steps trained on a GPU and then continued on a CPU are two segments, so GPU hours never
+    count CPU steps (here the first segment is marked as a GPU's in its checkpoint)."""
+    run = tmp_path / "run"
+    base = ["--train", str(tiny_data), "--preset", "tiny", "--net", "masked", "--batch", "2",
+            "--out", str(run), "--threads", "1", "--save-every", "0", "--device", "cpu"]
+    train.main([*base, "--steps", "2"])
+    ckpt = run / "masked.ckpt"
+    state = train.load_checkpoint(ckpt)
+    extra = json.loads(state["extra"])
+    extra["history"][-1].update(device="cuda", gpu_hours=0.25)
+    state["extra"] = json.dumps(extra)
+    torch.save(state, ckpt)
+    train.main([*base, "--steps", "3", "--resume"])
+    hist = json.loads(train.load_checkpoint(ckpt)["extra"])["history"]
+    assert [(h["steps"], h["device"]) for h in hist] == [(2, "cuda"), (1, "cpu")]
+    assert train.cumulative(hist)["gpu_hours"] == 0.25

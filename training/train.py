@@ -358,8 +358,9 @@ def train_net(net: str, args, train: SliceSet, val: SliceSet | None) -> Path:
         cpu_before = float(old.get("run_cpu_seconds", 0.0))
         wall_before = float(old.get("run_wall_seconds", 0.0))
         seg_start = int(old.get("segment_start", 0))
-        if old.get("history") and old.get("precision", "fp32") != args.precision:
-            # another precision from here on: the steps so far become a closed segment
+        if old.get("history") and (old.get("precision", "fp32") != args.precision or
+                                   old["history"][-1].get("device", "cpu") != device.type):
+            # another precision or device from here on: the steps so far close their segment
             history, cpu_before, wall_before, seg_start = old["history"], 0.0, 0.0, step
         log(f"{net}: resumed at step {step}")
     elif args.init_from and net in NETS:

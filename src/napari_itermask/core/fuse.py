@@ -23,9 +23,9 @@ in, and returns float32. On CUDA, fp32 means float32: cuDNN's TF32 convolutions 
 mantissa, which torch allows by default) are switched off while an fp32 net runs, so a GPU
 run keeps the card's fp32 calibration (``CUDA_TF32`` lets ``benchmarks/gpu.py`` measure them).
 CUDA runs the plain path (folded weights through ``conv2d``, channels-last), the one the tests
-check against the original network on the CPU. Training never sees these copies: they are built from the trained
-network (which is left unchanged), their folded weights are buffers, and a bundle rebuilds them
-when its weights change (``ModelBundle.nets``).
+check against the original network on the CPU. Training never sees these copies: they are
+built from the trained network (which is left unchanged), their folded weights are buffers, and
+a bundle rebuilds them when its weights change (``ModelBundle.nets``).
 """
 
 from __future__ import annotations

@@ -74,12 +74,6 @@ def paper_bundle(scan):
     return bundle
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 def run_row(scan, bundle, device, precision: str, batch: int, repeats: int, max_iter=None):
     """One row: (median wall s, all wall s, forwards, labels)."""
     import torch
@@ -144,6 +138,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_itermask import allocator
+    from napari_itermask.core.metrics import dice
     from napari_itermask.models import load_bundle
 
     allocator.tune()
@@ -195,7 +190,8 @@ def main(argv=None) -> int:
     gpu = torch.cuda.get_device_name(0) if "cuda" in devices else "none"
     print(f"\nDemo volume ({tuple(scan.data.shape)}), pipeline.segment_scan end to end from a "
           f"read scan; median of {args.repeats} (CPU rows {args.cpu_repeats}) after a warm-up; "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs ({torch.get_num_threads()} threads), GPU {gpu}")
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs ({torch.get_num_threads()} "
+          f"threads), GPU {gpu}")
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

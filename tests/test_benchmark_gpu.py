@@ -52,5 +52,3 @@ def test_a_tf32_row_leaves_fp32_strict_afterwards(tiny_model_dir):
     _, walls, fwd, labels = bench.run_row(scan, bundle, torch.device("cpu"), "tf32", 32, 1)
     assert fuse.CUDA_TF32 is False and len(walls) == 1 and fwd > 0
     assert labels.shape == scan.data.shape
-    assert bench.dice(labels, labels) == 1.0
-    assert bench.dice(np.zeros(3), np.array([0, 1, 1])) == 0.0

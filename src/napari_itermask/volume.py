@@ -318,32 +318,100 @@ class Geometry:
                                              mode="constant", cval=cval)
         return out
 
-    def model_to_canonical(self, slices: np.ndarray, order: int = 1) -> np.ndarray:
-        """(N, grid, grid) model-grid slices → (A, B, N) canonical array (zero outside the grid)."""
+    def model_to_canonical(self, slices: np.ndarray, order: int = 1,
+                           method: str = "separable") -> np.ndarray:
+        """(N, grid, grid) model-grid slices → (A, B, N) canonical array (zero outside the grid).
+
+        The model grid and the canonical grid share their axes, so the 2-D interpolation is a
+        product of two 1-D ones: nearest neighbour (order 0) gathers rows and columns, linear
+        (order 1) mixes two rows, then two columns. The 1-D indices and weights are scipy's
+        own (``map_coordinates`` on each axis, mode "constant"), so order 0 is identical to
+        ``map_coordinates`` slice by slice and order 1 equal to it within float rounding
+        (tests/test_volume_properties.py), at a small fraction of its time. ``method="scipy"``
+        runs ``map_coordinates`` slice by slice instead: the reference that the tests and
+        ``benchmarks/resample.py`` compare with."""
         slices = np.asarray(slices)
         A, B, N = self.canonical_shape
         if slices.shape != (N, self.grid, self.grid):
             raise ValueError(f"expected {(N, self.grid, self.grid)} slices, got {slices.shape}")
+        if order not in (0, 1):
+            raise ValueError(f"order must be 0 (nearest) or 1 (linear), got {order}")
         c = (self.grid - 1) / 2.0
         sa, sb = self.steps
         ia = (np.arange(A) - self.centre[0]) / sa + c
         ib = (np.arange(B) - self.centre[1]) / sb + c
-        aa, bb = np.meshgrid(ia, ib, indexing="ij")
-        dtype = np.float32 if order > 0 else slices.dtype
-        src = slices.astype(np.float32) if order > 0 else slices
-        out = np.empty((A, B, N), dtype=dtype)
-        for k in range(N):
-            out[:, :, k] = ndimage.map_coordinates(src[k], [aa, bb], order=order,
-                                                   mode="constant", cval=0)
+        if method == "scipy":
+            aa, bb = np.meshgrid(ia, ib, indexing="ij")
+            src = slices.astype(np.float32) if order > 0 else slices
+            ref = np.empty((A, B, N), dtype=np.float32 if order > 0 else slices.dtype)
+            for k in range(N):
+                ref[:, :, k] = ndimage.map_coordinates(src[k], [aa, bb], order=order,
+                                                       mode="constant", cval=0)
+            return ref
+        if method != "separable":
+            raise ValueError(f"unknown resampling method {method!r}")
+        if order == 0:
+            pa, pb = _nearest_taps(ia, self.grid), _nearest_taps(ib, self.grid)
+            out = np.zeros((A, B, N), dtype=slices.dtype)
+            ina, inb = pa >= 0, pb >= 0
+            if ina.any() and inb.any():
+                picked = slices[:, pa[ina]][:, :, pb[inb]]  # (N, a inside, b inside)
+                out[np.ix_(ina, inb)] = np.moveaxis(picked, 0, -1)
+            return out
+        (a0, a1), (wa0, wa1) = _linear_taps(ia, self.grid)
+        (b0, b1), (wb0, wb1) = _linear_taps(ib, self.grid)
+        # float32 values (as the scipy path reads them), mixed in float64 (as scipy mixes)
+        src = np.moveaxis(slices.astype(np.float32, copy=False), 0, -1)
+        src = np.ascontiguousarray(src, dtype=np.float64)  # (grid, grid, N)
+        out = np.empty((A, B, N), dtype=np.float32)
+        step = 8  # canonical rows per block: the float64 temporaries stay in the caches
+        for lo in range(0, A, step):
+            sl = slice(lo, lo + step)
+            rows = src[a0[sl]]  # (rows, grid, N)
+            rows *= wa0[sl, None, None]
+            rows += src[a1[sl]] * wa1[sl, None, None]
+            both = rows[:, b0]  # (rows, B, N)
+            both *= wb0[None, :, None]
+            both += rows[:, b1] * wb1[None, :, None]
+            out[sl] = both
         return out
 
-    def to_scan(self, slices: np.ndarray, order: int = 1) -> np.ndarray:
+    def to_scan(self, slices: np.ndarray, order: int = 1, method: str = "separable"
+                ) -> np.ndarray:
         """Model-grid slices → an array of exactly the scan's shape."""
-        return self.from_canonical(self.model_to_canonical(slices, order))
+        return self.from_canonical(self.model_to_canonical(slices, order, method))
 
     def to_model(self, scan_array: np.ndarray, order: int = 1, cval: float = 0.0,
                  antialias: bool = True) -> np.ndarray:
         return self.canonical_to_model(self.to_canonical(scan_array), order, cval, antialias)
+
+
+def _nearest_taps(coords: np.ndarray, n: int) -> np.ndarray:
+    """Per target coordinate, the source index that scipy's order-0 ``map_coordinates`` (mode
+    "constant") reads on an axis of n samples, or −1 where it gives the constant."""
+    ids = ndimage.map_coordinates(np.arange(1, n + 1, dtype=np.float64), [coords], order=0,
+                                  mode="constant", cval=0.0)
+    return np.rint(ids).astype(np.int64) - 1
+
+
+def _linear_taps(coords: np.ndarray, n: int):
+    """Per target coordinate, two source indices and their weights, read off scipy's order-1
+    ``map_coordinates`` (mode "constant") of each unit vector of an axis of n samples (zero
+    weights where it gives the constant)."""
+    weights = np.empty((coords.size, n), dtype=np.float64)
+    unit = np.zeros(n, dtype=np.float64)
+    for j in range(n):
+        unit[j] = 1.0
+        weights[:, j] = ndimage.map_coordinates(unit, [coords], order=1, mode="constant",
+                                                cval=0.0)
+        unit[j] = 0.0
+    if (np.count_nonzero(weights, axis=1) > 2).any():
+        raise AssertionError("linear interpolation read more than two samples")
+    first = np.argmax(weights != 0, axis=1)
+    second = np.minimum(first + 1, n - 1)
+    rows = np.arange(coords.size)
+    return (first, second), (weights[rows, first], np.where(second > first,
+                                                          weights[rows, second], 0.0))
 
 
 @dataclass
